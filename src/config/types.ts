@@ -1,0 +1,73 @@
+/**
+ * The normalised build file: what the rest of the engine sees after load,
+ * schema validation and semantic checks. Defaults are filled in; every
+ * node keeps where it came from so later errors can point at the YAML.
+ */
+import type { SourcePos } from '../errors.js';
+
+export interface BuildSpec {
+  /** Absolute path of the build file. */
+  file: string;
+  /** Absolute path of the build context. */
+  context: string;
+  /** Images in file order. */
+  images: ImageSpec[];
+}
+
+export interface Platform {
+  os: string;
+  architecture: string;
+  variant?: string;
+}
+
+export interface ImageSpec {
+  name: string;
+  pos: SourcePos;
+  /** `scratch` or the name of another image of this file. */
+  from: { kind: 'scratch' } | { kind: 'image'; image: string; pos: SourcePos };
+  /** Host platform unless the file sets `platform: os/arch[/variant]`. */
+  platform: Platform | undefined;
+  env: Record<string, string>;
+  workdir: string | undefined;
+  user: string | undefined;
+  entrypoint: string[] | undefined;
+  cmd: string[] | undefined;
+  labels: Record<string, string>;
+  /** Normalised to `<port>/<proto>` (tcp when omitted). */
+  expose: string[];
+  tags: string[];
+  /** Steps in file order. */
+  steps: StepSpec[];
+}
+
+export type StepSpec = CopyStep;
+
+interface StepBase {
+  id: string;
+  pos: SourcePos;
+  /**
+   * Ids of steps of the same image this step needs. Filled in: the previous
+   * step when the file says nothing (none for the first step and for linked steps).
+   */
+  needs: string[];
+  /** Position of each `needs` entry (same order), or the step's position when defaulted. */
+  needsPos: SourcePos[];
+}
+
+export interface CopyStep extends StepBase {
+  kind: 'copy';
+  /** Source paths or globs, relative to the context (or to the root of `from`). */
+  sources: string[];
+  /** Position of each source (same order). */
+  sourcesPos: SourcePos[];
+  /** Absolute destination in the image; a trailing `/` means "a directory". */
+  to: string;
+  /** Copy out of another image of this file instead of the context. */
+  fromImage: { image: string; pos: SourcePos } | undefined;
+  link: boolean;
+  /** Octal mode as a number, applied to every file and directory copied. */
+  chmod: number | undefined;
+  chown: { uid: number; gid: number } | undefined;
+  /** Positions of the step's keys, so a later error can point at e.g. `to`. */
+  keyPos: Partial<Record<'copy' | 'to' | 'from' | 'chmod' | 'chown' | 'link', SourcePos>>;
+}

@@ -1,0 +1,90 @@
+/**
+ * The closed set of errors users see. Each has a stable `code` that tests and
+ * callers branch on; only the CLI entry maps them to exit codes.
+ */
+
+/** A position in a source file, 1-based, as editors show it. */
+export interface SourcePos {
+  file: string;
+  line: number;
+  col: number;
+}
+
+export type ErrorCode =
+  | 'CONFIG_INVALID'
+  | 'PATH_ESCAPE'
+  | 'STEP_FAILED'
+  | 'CACHE_CORRUPT'
+  | 'USAGE';
+
+export class LayergraphError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** One problem in a build file, pinned to where it is. */
+export interface ConfigIssue {
+  pos: SourcePos;
+  /** Dotted path into the document, e.g. `images.api.steps[2].to`. */
+  path: string;
+  message: string;
+  /** The source lines around `pos`, with a caret; empty when unknown. */
+  excerpt?: string;
+}
+
+/** A build file that cannot be built as written. Carries every problem found, not just the first. */
+export class ConfigError extends LayergraphError {
+  constructor(readonly issues: ConfigIssue[]) {
+    super('CONFIG_INVALID', issues.map(formatIssue).join('\n'));
+  }
+}
+
+export function formatIssue(issue: ConfigIssue): string {
+  const head = `${issue.pos.file}:${issue.pos.line}:${issue.pos.col}: ${issue.message}`;
+  return issue.excerpt ? `${head}\n${issue.excerpt}` : head;
+}
+
+/** A path from the build file or a layer that would leave its root. */
+export class PathEscapeError extends LayergraphError {
+  constructor(
+    readonly unsafePath: string,
+    readonly root: string,
+    reason: string,
+  ) {
+    super('PATH_ESCAPE', `${unsafePath}: ${reason}`);
+  }
+}
+
+/** A step that ran and failed; the build stops, already-built steps stay cached. */
+export class StepError extends LayergraphError {
+  constructor(
+    readonly image: string,
+    readonly step: string,
+    message: string,
+    readonly pos?: SourcePos,
+    options?: { cause?: unknown },
+  ) {
+    const where = pos ? `${pos.file}:${pos.line}:${pos.col}: ` : '';
+    super('STEP_FAILED', `${where}${image}/${step}: ${message}`, options);
+  }
+}
+
+/** Something in the cache directory does not match what its name promises. */
+export class CacheCorruptError extends LayergraphError {
+  constructor(message: string) {
+    super('CACHE_CORRUPT', message);
+  }
+}
+
+/** Wrong command-line arguments. */
+export class UsageError extends LayergraphError {
+  constructor(message: string) {
+    super('USAGE', message);
+  }
+}
