@@ -46,8 +46,10 @@ interface StepBase {
   id: string;
   pos: SourcePos;
   /**
-   * Ids of steps of the same image this step needs. Filled in: the previous
-   * step when the file says nothing (none for the first step and for linked steps).
+   * Ids of steps of the same image this step sits on. Filled in: the previous
+   * step when the file says nothing (none for the first step, which sits on
+   * the image's base). A linked step keeps its place here too, but neither
+   * waits for these steps nor puts their keys in its own.
    */
   needs: string[];
   /** Position of each `needs` entry (same order), or the step's position when defaulted. */
