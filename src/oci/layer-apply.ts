@@ -1,0 +1,415 @@
+/**
+ * Applying an OCI layer (gzip or plain tar) onto a directory, by the image
+ * spec's changeset rules, without letting any entry touch anything outside
+ * that directory.
+ */
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import type fs from 'node:fs';
+import { constants as fsConstants } from 'node:fs';
+import { chmod, lchown, link, lstat, lutimes, mkdir, open, readdir, realpath, rm, symlink, utimes } from 'node:fs/promises';
+import path from 'node:path';
+import { pipeline, Readable } from 'node:stream';
+import { promisify } from 'node:util';
+import { createGunzip } from 'node:zlib';
+import tar from 'tar-stream';
+import { PathEscapeError } from '../errors.js';
+import { cleanRelative, secureJoin } from '../util/secure-join.js';
+
+export interface ApplyOptions {
+  /** chown entries to their uid/gid (only works as root); default: only when process.getuid?.() === 0 */
+  preserveOwner?: boolean;
+}
+
+export interface ApplyResult {
+  /** "sha256:<hex>" of the uncompressed tar, for the caller to check against the manifest's diff_id */
+  diffId: string;
+  /** device nodes left out because we may not create them (not root, or a user namespace said no) */
+  skippedDevices: number;
+}
+
+/**
+ * Extracts `gzipOrTar` into `destDir` (created if missing). Entries are
+ * applied as they stream; on error the directory is left partly applied, so
+ * callers apply into a scratch directory they can throw away.
+ *
+ * Not applied: extended attributes (including PAX `SCHILY.xattr.*`), which
+ * Node cannot set.
+ */
+export async function applyLayer(gzipOrTar: Readable, destDir: string, opts: ApplyOptions = {}): Promise<ApplyResult> {
+  await mkdir(destDir, { recursive: true });
+  // secureJoin trusts its root as given; resolve it once so a symlinked
+  // destDir cannot make "inside" mean two different places.
+  const root = await realpath(destDir);
+  const isRoot = process.getuid?.() === 0;
+  const applier = new Applier(root, opts.preserveOwner ?? isRoot, isRoot);
+
+  const hash = createHash('sha256');
+  const extract = tar.extract();
+  const tarBytes = await uncompressed(gzipOrTar);
+  const feeding = feed(tarBytes, extract, (chunk) => hash.update(chunk));
+
+  try {
+    for await (const entry of extract) {
+      await applier.apply(entry.header as Entry, entry);
+    }
+    await feeding;
+  } catch (err) {
+    extract.destroy();
+    tarBytes.destroy();
+    await feeding.catch(() => {});
+    throw err;
+  }
+  await applier.finish();
+  return { diffId: `sha256:${hash.digest('hex')}`, skippedDevices: applier.skippedDevices };
+}
+
+const WHITEOUT_PREFIX = '.wh.';
+const OPAQUE_MARKER = '.wh..wh..opq';
+/** AUFS bookkeeping (`.wh..wh.plnk`, `.wh..wh.aufs`): not content, never applied. */
+const WHITEOUT_META_PREFIX = '.wh..wh.';
+
+type Entry = tar.Header & { pax?: Record<string, string> | null };
+type EntryStream = AsyncIterable<unknown> & { resume(): unknown };
+
+class Applier {
+  skippedDevices = 0;
+  /** Paths (relative to root, symlinks resolved) this layer created or replaced. */
+  private readonly written = new Set<string>();
+  /** Every ancestor of a path in `written`: directories that hold something of this layer. */
+  private readonly holdsWritten = new Set<string>();
+  /** Directory metadata to set last, keyed by relative path. */
+  private readonly dirMeta = new Map<string, { mode: number; mtime: Date }>();
+
+  constructor(
+    private readonly root: string,
+    private readonly preserveOwner: boolean,
+    private readonly mayMknod: boolean,
+  ) {}
+
+  async apply(header: Entry, body: EntryStream): Promise<void> {
+    await this.applyEntry(header, body);
+    // tar-stream stalls until every entry's body has been read. (After an
+    // error the extractor is destroyed instead, so no drain then.)
+    await drain(body);
+  }
+
+  /** Directory modes and times go last: a read-only directory must not stop its children being written, and writing children changes the directory's mtime. */
+  async finish(): Promise<void> {
+    // Deepest first, so a parent's mode (say 0500) is set after its children are done.
+    const rels = [...this.dirMeta.keys()].sort((a, b) => b.length - a.length);
+    for (const rel of rels) {
+      const meta = this.dirMeta.get(rel);
+      if (!meta) continue;
+      // Resolve again: a later entry may have put a symlink where a parent
+      // directory was, and the old host path would now lead through it.
+      const host = await secureJoin(this.root, rel);
+      const st = await lstatOrNull(host);
+      if (!st?.isDirectory()) continue;
+      await chmod(host, meta.mode);
+      await utimes(host, meta.mtime, meta.mtime);
+    }
+  }
+
+  private async applyEntry(header: Entry, body: EntryStream): Promise<void> {
+    const rel = this.entryPath(header.name);
+    if (rel === '') return; // "./": the destination itself, which we own
+
+    const dirRel = parentOf(rel);
+    const base = rel.slice(dirRel === '' ? 0 : dirRel.length + 1);
+
+    if (base === OPAQUE_MARKER) return this.opaque(dirRel);
+    if (base.startsWith(WHITEOUT_META_PREFIX)) return;
+    if (base.startsWith(WHITEOUT_PREFIX)) return this.whiteout(dirRel, base.slice(WHITEOUT_PREFIX.length), header.name);
+
+    // `rel` has no "..", and secureJoin never follows the last component, so
+    // `host` is a name directly inside a real directory under root.
+    const host = await secureJoin(this.root, rel);
+    const hostRel = this.relOf(host);
+    await this.makeParents(path.dirname(host));
+
+    const existing = await lstatOrNull(host);
+    const type = header.type === 'contiguous-file' ? 'file' : header.type;
+    if (existing && !(existing.isDirectory() && type === 'directory')) {
+      // Never write into what is there: it may be a symlink to anywhere.
+      await rm(host, { recursive: true, force: true });
+      this.forgetDirMeta(hostRel);
+    }
+
+    const mode = header.mode & 0o7777;
+    const { uid, gid, mtime } = paxOverrides(header);
+
+    switch (type) {
+      case 'directory':
+        if (!existing?.isDirectory()) await mkdir(host, { mode: 0o700 });
+        await this.chown(host, uid, gid);
+        this.dirMeta.set(hostRel, { mode, mtime });
+        break;
+      case 'file':
+        await writeFileExclusive(host, body);
+        await this.chown(host, uid, gid);
+        // After chown, which clears setuid/setgid.
+        await chmod(host, mode);
+        await utimes(host, mtime, mtime);
+        break;
+      case 'symlink':
+        await symlink(header.linkname ?? '', host);
+        await this.chown(host, uid, gid);
+        await lutimes(host, mtime, mtime);
+        break;
+      case 'link': {
+        const target = await this.hardlinkTarget(header);
+        const st = await lstatOrNull(target);
+        if (!st) throw new Error(`${header.name}: hard link to ${header.linkname}, which does not exist`);
+        if (st.isDirectory()) throw new Error(`${header.name}: hard link to directory ${header.linkname}`);
+        // link(2) does not follow a symlink at `target`, so a link to an
+        // escaping symlink only copies the symlink.
+        await link(target, host);
+        break;
+      }
+      case 'character-device':
+      case 'block-device':
+      case 'fifo':
+        if (!(await this.mknod(host, type, header))) {
+          this.skippedDevices++;
+          return;
+        }
+        await this.chown(host, uid, gid);
+        await chmod(host, mode);
+        await utimes(host, mtime, mtime);
+        break;
+      default:
+        throw new Error(`${header.name}: unsupported tar entry type ${String(header.type)}`);
+    }
+    this.markWritten(hostRel);
+  }
+
+  /** The entry's name as a clean relative path; refuses absolute and escaping names. */
+  private entryPath(unsafeName: string): string {
+    if (unsafeName.startsWith('/')) {
+      throw new PathEscapeError(unsafeName, this.root, 'absolute path in a layer (layer paths are relative)');
+    }
+    const unsafeRel = unsafeName.startsWith('./') ? unsafeName.slice(2) : unsafeName;
+    return cleanRelative(unsafeRel, this.root);
+  }
+
+  private async hardlinkTarget(header: Entry): Promise<string> {
+    const unsafeTarget = header.linkname ?? '';
+    const rel = this.entryPath(unsafeTarget);
+    if (rel === '') throw new PathEscapeError(unsafeTarget, this.root, `hard link ${header.name} to the layer root`);
+    return secureJoin(this.root, rel);
+  }
+
+  /** `.wh.<name>`: remove `<name>` as lower layers left it. */
+  private async whiteout(dirRel: string, name: string, unsafeName: string): Promise<void> {
+    if (name === '' || name === '.' || name === '..') {
+      throw new PathEscapeError(unsafeName, this.root, 'whiteout names its own directory or a parent');
+    }
+    const host = await secureJoin(this.root, dirRel === '' ? name : `${dirRel}/${name}`);
+    const hostRel = this.relOf(host);
+    if (hostRel === '') throw new PathEscapeError(unsafeName, this.root, 'whiteout names the layer root');
+    await this.removeLower(host, hostRel);
+  }
+
+  /** `.wh..wh..opq`: the directory keeps only what this layer puts in it. */
+  private async opaque(dirRel: string): Promise<void> {
+    const host = await secureJoin(this.root, dirRel);
+    // The last component is not followed, so a symlink here is not a directory and is left alone.
+    const st = await lstatOrNull(host);
+    if (!st?.isDirectory()) return;
+    const hostRel = this.relOf(host);
+    for (const child of await readdir(host)) {
+      await this.removeLower(path.join(host, child), hostRel === '' ? child : `${hostRel}/${child}`);
+    }
+  }
+
+  /**
+   * Deletes `host` and everything below it that lower layers put there,
+   * keeping what this layer already wrote (the spec lets whiteouts hide only
+   * lower content, and a layer need not list the opaque marker first).
+   */
+  private async removeLower(host: string, rel: string): Promise<void> {
+    const st = await lstatOrNull(host);
+    if (!st) return;
+    if (!this.written.has(rel) && !this.holdsWritten.has(rel)) {
+      await rm(host, { recursive: true, force: true });
+      this.forgetDirMeta(rel);
+      return;
+    }
+    if (!st.isDirectory()) return;
+    for (const child of await readdir(host)) {
+      await this.removeLower(path.join(host, child), `${rel}/${child}`);
+    }
+  }
+
+  private forgetDirMeta(rel: string): void {
+    for (const key of this.dirMeta.keys()) {
+      if (key === rel || key.startsWith(`${rel}/`)) this.dirMeta.delete(key);
+    }
+  }
+
+  /** Parents the tar did not list get 0755 whatever the umask, as other appliers give them. */
+  private async makeParents(hostDir: string): Promise<void> {
+    const missing: string[] = [];
+    for (let p = hostDir; p !== this.root && (await lstatOrNull(p)) === null; p = path.dirname(p)) {
+      missing.push(p);
+    }
+    for (const p of missing.reverse()) {
+      await mkdir(p, { mode: 0o755 });
+      await chmod(p, 0o755);
+    }
+  }
+
+  private markWritten(rel: string): void {
+    this.written.add(rel);
+    for (let p = parentOf(rel); p !== ''; p = parentOf(p)) {
+      if (this.holdsWritten.has(p)) break;
+      this.holdsWritten.add(p);
+    }
+  }
+
+  private async chown(host: string, uid: number, gid: number): Promise<void> {
+    if (this.preserveOwner) await lchown(host, uid, gid);
+  }
+
+  /** Node has no mknod(2); the mknod(1) program does the same. False when we may not. */
+  private async mknod(host: string, type: 'character-device' | 'block-device' | 'fifo', header: Entry): Promise<boolean> {
+    if (type !== 'fifo' && !this.mayMknod) return false;
+    const args =
+      type === 'fifo'
+        ? [host, 'p']
+        : [host, type === 'character-device' ? 'c' : 'b', String(header.devmajor), String(header.devminor)];
+    try {
+      await promisify(execFile)('mknod', args);
+      return true;
+    } catch (err) {
+      // A user namespace maps us to root but still refuses device nodes.
+      if (type !== 'fifo' && /not permitted/i.test(String((err as { stderr?: unknown }).stderr ?? ''))) return false;
+      throw new Error(`${header.name}: mknod failed: ${String((err as { stderr?: unknown }).stderr ?? err)}`.trim(), {
+        cause: err,
+      });
+    }
+  }
+
+  private relOf(host: string): string {
+    return host === this.root ? '' : path.relative(this.root, host);
+  }
+}
+
+/** Opens the layer's bytes as a tar stream, unzipping when they start with the gzip magic. */
+async function uncompressed(input: Readable): Promise<Readable> {
+  const it = (input as AsyncIterable<unknown>)[Symbol.asyncIterator]();
+  const head: Buffer[] = [];
+  let length = 0;
+  while (length < 2) {
+    const next = await it.next();
+    if (next.done) break;
+    const chunk = toBuffer(next.value);
+    head.push(chunk);
+    length += chunk.length;
+  }
+  const first = Buffer.concat(head);
+  const raw = Readable.from(replay(first, it), { objectMode: false });
+  if (first[0] === 0x1f && first[1] === 0x8b) {
+    return pipeline(raw, createGunzip(), () => {});
+  }
+  return raw;
+}
+
+async function* replay(head: Buffer, rest: AsyncIterator<unknown>): AsyncGenerator<Buffer> {
+  try {
+    if (head.length > 0) yield head;
+    for (;;) {
+      const next = await rest.next();
+      if (next.done) return;
+      yield toBuffer(next.value);
+    }
+  } finally {
+    await rest.return?.();
+  }
+}
+
+/**
+ * Writes the tar bytes into tar-stream's extractor (a streamx stream, which
+ * Node's pipeline does not understand) with backpressure, hashing them on
+ * the way. A source error is handed to the extractor so the entry loop sees it.
+ */
+async function feed(source: Readable, extract: tar.Extract, onChunk: (chunk: Buffer) => void): Promise<void> {
+  try {
+    for await (const chunk of source as AsyncIterable<Buffer>) {
+      onChunk(chunk);
+      if (extract.destroying) return;
+      if (!extract.write(chunk)) await drainedOrClosed(extract);
+    }
+    extract.end(undefined);
+  } catch (err) {
+    extract.destroy(err as Error);
+    throw err;
+  }
+}
+
+function drainedOrClosed(w: tar.Extract): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      w.off('drain', done);
+      w.off('close', done);
+      resolve();
+    };
+    w.on('drain', done);
+    w.on('close', done);
+  });
+}
+
+/** Streams the entry body into a new file; O_EXCL|O_NOFOLLOW so nothing already there (a symlink, say) is written through. */
+async function writeFileExclusive(host: string, body: EntryStream): Promise<void> {
+  const flags = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW;
+  const fh = await open(host, flags, 0o600);
+  try {
+    for await (const chunk of body) {
+      await fh.write(chunk as Buffer);
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
+async function drain(body: EntryStream): Promise<void> {
+  // for-await on a streamx stream that has already ended returns at once.
+  for await (const _ of body) {
+    // discard
+  }
+}
+
+/** PAX records override the ustar fields; tar-stream itself only applies path, linkpath and size. */
+function paxOverrides(header: Entry): { uid: number; gid: number; mtime: Date } {
+  const pax = header.pax ?? {};
+  const num = (v: string | undefined) => (v !== undefined && /^\d+$/.test(v) ? Number(v) : undefined);
+  const seconds = pax.mtime !== undefined && /^-?\d+(\.\d+)?$/.test(pax.mtime) ? Number(pax.mtime) : undefined;
+  return {
+    uid: num(pax.uid) ?? header.uid,
+    gid: num(pax.gid) ?? header.gid,
+    mtime: seconds !== undefined ? new Date(seconds * 1000) : header.mtime,
+  };
+}
+
+function parentOf(rel: string): string {
+  const i = rel.lastIndexOf('/');
+  return i === -1 ? '' : rel.slice(0, i);
+}
+
+async function lstatOrNull(p: string): Promise<fs.Stats | null> {
+  try {
+    return await lstat(p);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return null;
+    throw err;
+  }
+}
+
+function toBuffer(chunk: unknown): Buffer {
+  if (Buffer.isBuffer(chunk)) return chunk;
+  if (chunk instanceof Uint8Array) return Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+  if (typeof chunk === 'string') return Buffer.from(chunk);
+  throw new TypeError('layer stream must yield bytes');
+}

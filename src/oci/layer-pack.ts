@@ -1,0 +1,358 @@
+/**
+ * Packing a directory (usually an overlayfs upper dir) into an OCI layer:
+ * a tar whose bytes depend only on the tree's content, gzipped so the blob
+ * does not depend on the machine either.
+ */
+import { createHash, type Hash } from 'node:crypto';
+import type fs from 'node:fs';
+import { constants as fsConstants } from 'node:fs';
+import { lstat, open, readdir, readlink } from 'node:fs/promises';
+import path from 'node:path';
+import { pipeline, Transform, type Readable } from 'node:stream';
+import { createGzip } from 'node:zlib';
+import tar from 'tar-stream';
+
+export interface PackOptions {
+  /** seconds since epoch for every entry's mtime (SOURCE_DATE_EPOCH or 0) */
+  mtime: number;
+  /** uid/gid for an entry; default: the file's own lstat uid/gid */
+  owner?: (relPath: string, st: fs.Stats) => { uid: number; gid: number };
+  /** gzip level, default 6 */
+  level?: number;
+  /**
+   * Whether an upper directory is overlay-opaque (xattr
+   * `trusted.overlay.opaque` or `user.overlay.opaque` = "y"). Node cannot read
+   * xattrs, so the caller supplies this; default: never opaque.
+   */
+  isOpaque?: (absDir: string) => Promise<boolean>;
+}
+
+export interface PackedLayer {
+  /** "sha256:<hex>" of the uncompressed tar */
+  diffId: string;
+  /** gzip bytes */
+  stream: Readable;
+}
+
+/**
+ * Streams `upperDir` as a gzipped layer tar. `diffId` and `entries` settle
+ * once the whole tar has gone through the hash, so only after the caller has
+ * read `stream` (nearly) to its end; they reject if packing fails, as does
+ * the stream.
+ *
+ * Extended attributes are not packed (Node cannot read them) apart from the
+ * overlay opaque flag, which comes through `opts.isOpaque`.
+ */
+export function packLayer(
+  upperDir: string,
+  opts: PackOptions,
+): { stream: Readable; diffId: Promise<string>; entries: Promise<number> } {
+  // tar-stream writes mtime through a 32-bit `| 0`, so anything outside this
+  // range would silently come out as a different date.
+  if (!Number.isInteger(opts.mtime) || opts.mtime < 0 || opts.mtime > 0x7fffffff) {
+    throw new RangeError(`layer mtime must be whole seconds between 0 and 2^31-1, got ${opts.mtime}`);
+  }
+
+  const pack = tar.pack();
+  const hash = createHash('sha256');
+  const diffId = deferred<string>();
+  const entries = deferred<number>();
+
+  const producing = writeEntries(pack, path.resolve(upperDir), opts);
+  producing.then(
+    () => pack.finalize(),
+    (err: unknown) => pack.destroy(err as Error),
+  );
+
+  const stream = pipeline(
+    hashing(pack, hash, async () => {
+      diffId.resolve(`sha256:${hash.digest('hex')}`);
+      entries.resolve(await producing);
+    }),
+    createGzip({ level: opts.level ?? 6 }),
+    forceGzipOsByte(),
+    (err) => {
+      if (!err) return;
+      diffId.reject(err);
+      entries.reject(err);
+    },
+  );
+  return { stream, diffId: diffId.promise, entries: entries.promise };
+}
+
+/** True when `dir` has no entries at all (a missing directory counts as empty): there is no layer to make. */
+export async function isEmptyTree(dir: string): Promise<boolean> {
+  try {
+    return (await readdir(dir)).length === 0;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return true;
+    throw err;
+  }
+}
+
+const WHITEOUT_PREFIX = '.wh.';
+const OPAQUE_MARKER = '.wh..wh..opq';
+/** Gzip header OS byte for "unknown", as Go's compress/gzip (and so most OCI tooling) writes it. */
+const GZIP_OS_UNKNOWN = 255;
+/** Largest id tar-stream writes into the ustar field (6 octal digits); larger ones go into a PAX record. */
+const USTAR_MAX_ID = 0o777777;
+
+type EntryHeader = Partial<tar.Header> & { name: string };
+/** tar-stream's entry sink: a streamx Writable, not a Node one. */
+type EntrySink = ReturnType<tar.Pack['entry']>;
+
+type Kind = 'file' | 'directory' | 'symlink' | 'whiteout' | 'character-device' | 'block-device' | 'fifo';
+
+interface Found {
+  /** path relative to the upper dir, no trailing slash */
+  rel: string;
+  abs: string;
+  st: fs.Stats;
+  kind: Kind;
+  /** name in the tar */
+  name: string;
+  /** the same string as UTF-8, which is what the tar order is defined on */
+  sortKey: Buffer;
+}
+
+async function writeEntries(pack: tar.Pack, upperDir: string, opts: PackOptions): Promise<number> {
+  const found: Found[] = [];
+  await walk(upperDir, '', found);
+  found.sort((a, b) => Buffer.compare(a.sortKey, b.sortKey));
+
+  const owner = opts.owner ?? ((_rel: string, st: fs.Stats) => ({ uid: st.uid, gid: st.gid }));
+  const isOpaque = opts.isOpaque ?? (async () => false);
+  const mtime = new Date(opts.mtime * 1000);
+  const firstNameOfInode = new Map<string, string>();
+  let count = 0;
+
+  for (const f of found) {
+    if (f.kind === 'whiteout') {
+      await addEntry(pack, whiteoutHeader(f.name, mtime));
+      count++;
+      continue;
+    }
+
+    const { uid, gid } = owner(f.rel, f.st);
+    const header: EntryHeader = {
+      name: f.name,
+      // tar-stream replaces a falsy mode with 0644/0755, so the file-type bits
+      // ride along to keep a real 0000 mode; its encoder masks them off.
+      mode: (f.st.mode & 0o7777) | fsConstants.S_IFREG,
+      uid,
+      gid,
+      uname: '',
+      gname: '',
+      mtime,
+      type: f.kind,
+    };
+    const pax = largeIds(uid, gid);
+    if (pax) header.pax = pax;
+
+    switch (f.kind) {
+      case 'file': {
+        const key = f.st.nlink > 1 ? await inodeKey(f.abs) : null;
+        const first = key === null ? undefined : firstNameOfInode.get(key);
+        if (first !== undefined) {
+          await addEntry(pack, { ...header, type: 'link', linkname: first, size: 0 });
+        } else {
+          if (key !== null) firstNameOfInode.set(key, f.name);
+          await addFileEntry(pack, { ...header, size: f.st.size }, f.abs);
+        }
+        break;
+      }
+      case 'directory':
+        await addEntry(pack, header);
+        // Right after the directory, not in sorted position: applying the
+        // marker must empty the directory before any of this layer's children
+        // land in it (appliers that do not track what they wrote rely on this).
+        if (await isOpaque(f.abs)) {
+          await addEntry(pack, whiteoutHeader(`${f.name}${OPAQUE_MARKER}`, mtime));
+          count++;
+        }
+        break;
+      case 'symlink':
+        await addEntry(pack, { ...header, linkname: await readlink(f.abs) });
+        break;
+      case 'character-device':
+      case 'block-device':
+        await addEntry(pack, { ...header, devmajor: devMajor(f.st.rdev), devminor: devMinor(f.st.rdev) });
+        break;
+      case 'fifo':
+        await addEntry(pack, header);
+        break;
+    }
+    count++;
+  }
+  return count;
+}
+
+/** Collects every entry below `absDir` without following symlinks. */
+async function walk(absDir: string, relDir: string, out: Found[]): Promise<void> {
+  const names = await readdir(absDir, { encoding: 'buffer' });
+  for (const raw of names) {
+    const name = raw.toString('utf8');
+    // Node hands us names as strings; a name that is not UTF-8 would come
+    // back with U+FFFD in it and then name a different (missing) file.
+    if (!Buffer.from(name, 'utf8').equals(raw)) {
+      throw new Error(`${path.join(absDir, raw.toString('latin1'))}: file name is not valid UTF-8; layers need UTF-8 names`);
+    }
+    const rel = relDir === '' ? name : `${relDir}/${name}`;
+    const abs = path.join(absDir, name);
+    if (name.startsWith(WHITEOUT_PREFIX)) {
+      // Packed as is it would delete something when applied, not create itself.
+      throw new Error(`${abs}: a file named "${WHITEOUT_PREFIX}*" cannot be stored in a layer (it would read as a whiteout)`);
+    }
+    const st = await lstat(abs);
+
+    const kind = kindOf(st);
+    if (kind === null) continue; // sockets: tar has no type for them, and they are meaningless in an image
+    const tarName =
+      kind === 'whiteout'
+        ? relDir === ''
+          ? `${WHITEOUT_PREFIX}${name}`
+          : `${relDir}/${WHITEOUT_PREFIX}${name}`
+        : kind === 'directory'
+          ? `${rel}/`
+          : rel;
+    out.push({ rel, abs, st, kind, name: tarName, sortKey: Buffer.from(tarName, 'utf8') });
+    if (kind === 'directory') await walk(abs, rel, out);
+  }
+}
+
+function kindOf(st: fs.Stats): Kind | null {
+  if (st.isFile()) return 'file';
+  if (st.isDirectory()) return 'directory';
+  if (st.isSymbolicLink()) return 'symlink';
+  // overlayfs marks a deleted lower file with a 0:0 character device.
+  if (st.isCharacterDevice()) return st.rdev === 0 ? 'whiteout' : 'character-device';
+  if (st.isBlockDevice()) return 'block-device';
+  if (st.isFIFO()) return 'fifo';
+  return null;
+}
+
+function whiteoutHeader(name: string, mtime: Date): EntryHeader {
+  return { name, type: 'file', mode: fsConstants.S_IFREG, uid: 0, gid: 0, uname: '', gname: '', mtime, size: 0 };
+}
+
+function largeIds(uid: number, gid: number): Record<string, string> | null {
+  if (uid <= USTAR_MAX_ID && gid <= USTAR_MAX_ID) return null;
+  // tar-stream would write 7777777 for these without complaint.
+  const pax: Record<string, string> = {};
+  if (uid > USTAR_MAX_ID) pax.uid = String(uid);
+  if (gid > USTAR_MAX_ID) pax.gid = String(gid);
+  return pax;
+}
+
+/** glibc's gnu_dev_major/gnu_dev_minor for the 32-bit dev_t layout. */
+function devMajor(rdev: number): number {
+  return (rdev >> 8) & 0xfff;
+}
+
+function devMinor(rdev: number): number {
+  return (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
+}
+
+/** dev and ino exactly: as doubles, 64-bit inode numbers (overlayfs xino, btrfs) could collide. */
+async function inodeKey(abs: string): Promise<string> {
+  const st = await lstat(abs, { bigint: true });
+  return `${st.dev}:${st.ino}`;
+}
+
+/** Any entry without a body; for an empty regular file tar-stream still wants the (empty) body written. */
+function addEntry(pack: tar.Pack, header: EntryHeader): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const done = (err?: Error | null) => (err ? reject(err) : resolve());
+    if (header.type === 'file') pack.entry(header, Buffer.alloc(0), done);
+    else pack.entry(header, done);
+  });
+}
+
+/** Streams the file into the entry; never holds more than a chunk of it. */
+async function addFileEntry(pack: tar.Pack, header: EntryHeader, abs: string): Promise<void> {
+  // O_NOFOLLOW: if the file was swapped for a symlink since the walk, fail
+  // rather than pack whatever it points at.
+  const fh = await open(abs, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+  try {
+    const size = header.size ?? 0;
+    let sink!: EntrySink;
+    const finished = new Promise<void>((resolve, reject) => {
+      sink = pack.entry(header, (err) => (err ? reject(err) : resolve()));
+    });
+    if (size > 0) {
+      // Exactly the size recorded in the header: a file that grew meanwhile
+      // is cut, one that shrank makes tar-stream fail with "Size mismatch".
+      const input = fh.createReadStream({ start: 0, end: size - 1, autoClose: false });
+      for await (const chunk of input) {
+        if (!sink.write(chunk as Buffer)) await drained(sink);
+      }
+    }
+    sink.end(undefined);
+    await finished;
+  } finally {
+    await fh.close();
+  }
+}
+
+function drained(sink: EntrySink): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const done = (err?: unknown) => {
+      sink.off('drain', onDrain);
+      sink.off('close', onClose);
+      sink.off('error', done);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onDrain = () => done();
+    const onClose = () => done(new Error('tar entry closed while writing'));
+    sink.on('drain', onDrain);
+    sink.on('close', onClose);
+    sink.on('error', done);
+  });
+}
+
+/** tar-stream's pack is a streamx stream; reading it as an async iterable keeps it out of Node's stream internals. */
+async function* hashing(pack: tar.Pack, hash: Hash, onEnd: () => Promise<void>): AsyncGenerator<Buffer> {
+  for await (const chunk of pack as AsyncIterable<Buffer>) {
+    hash.update(chunk);
+    yield chunk;
+  }
+  await onEnd();
+}
+
+/**
+ * zlib writes the OS it was built for into byte 9 of the gzip header; pin it
+ * so the blob digest is the same on every platform.
+ */
+function forceGzipOsByte(): Transform {
+  let offset = 0;
+  return new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      if (offset <= 9 && offset + chunk.length > 9) {
+        chunk = Buffer.from(chunk);
+        chunk[9 - offset] = GZIP_OS_UNKNOWN;
+      }
+      offset += chunk.length;
+      cb(null, chunk);
+    },
+  });
+}
+
+interface Deferred<T> {
+  promise: Promise<T>;
+  resolve: (v: T) => void;
+  reject: (e: unknown) => void;
+}
+
+function deferred<T>(): Deferred<T> {
+  let resolve!: (v: T) => void;
+  let reject!: (e: unknown) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  // Callers that only read the stream would otherwise crash the process on
+  // an unhandled rejection; the stream reports the same error.
+  promise.catch(() => {});
+  return { promise, resolve, reject };
+}
