@@ -1,0 +1,97 @@
+/**
+ * Turn built steps into images: stack each image's layers (its base image's
+ * first, then its own in layer order), write config and manifest into the
+ * content store, and the OCI image layout for the images asked for.
+ */
+import type { ContentStore } from '../cache/content-store.js';
+import type { LayerRef } from '../cache/step-records.js';
+import type { ImageSpec, StepSpec } from '../config/types.js';
+import {
+  SCRATCH,
+  configJson,
+  createdAt,
+  inheritConfig,
+  manifestJson,
+  type ImageState,
+} from '../oci/image-config.js';
+import { writeLayout, type LayoutImage } from '../oci/layout.js';
+import { describeCopy } from './copy-inputs.js';
+
+export interface BuiltImage {
+  name: string;
+  tags: string[];
+  manifestDigest: string;
+  configDigest: string;
+  layers: LayerRef[];
+}
+
+export interface AssembleInput {
+  store: ContentStore;
+  /** Every image built in this run (bases included). */
+  images: ImageSpec[];
+  /** The images to write to the layout. */
+  outputs: ImageSpec[];
+  layerOrder: Map<string, StepSpec[]>;
+  layerOf: (image: string, step: string) => Promise<LayerRef | null>;
+  outDir: string | undefined;
+  sourceDateEpoch: number;
+}
+
+export async function assembleImages(input: AssembleInput): Promise<BuiltImage[]> {
+  const created = createdAt(input.sourceDateEpoch);
+  const states = new Map<string, Promise<ImageState>>();
+  const stateOf = (name: string): Promise<ImageState> => {
+    let p = states.get(name);
+    if (!p) {
+      const image = input.images.find((i) => i.name === name)!;
+      p = imageState(image, image.from.kind === 'image' ? stateOf(image.from.image) : Promise.resolve(SCRATCH));
+      states.set(name, p);
+    }
+    return p;
+  };
+
+  const imageState = async (image: ImageSpec, baseP: Promise<ImageState>): Promise<ImageState> => {
+    const base = await baseP;
+    const state: ImageState = {
+      platform: image.platform ?? base.platform,
+      layers: [...base.layers],
+      history: [...base.history],
+      config: inheritConfig(base.config, image),
+    };
+    for (const step of input.layerOrder.get(image.name)!) {
+      const layer = await input.layerOf(image.name, step.id);
+      const entry = { created, created_by: describeCopy(step), comment: `layergraph step ${image.name}/${step.id}` };
+      if (layer) {
+        state.layers.push({ digest: layer.digest, size: layer.size, diffId: layer.diffId });
+        state.history.push(entry);
+      } else {
+        state.history.push({ ...entry, empty_layer: true });
+      }
+    }
+    return state;
+  };
+
+  const built: BuiltImage[] = [];
+  const layout: LayoutImage[] = [];
+  for (const image of input.outputs) {
+    const state = await stateOf(image.name);
+    const config = await input.store.put(configJson(state, created));
+    const manifest = await input.store.put(manifestJson(config, state.layers));
+    built.push({
+      name: image.name,
+      tags: image.tags,
+      manifestDigest: manifest.digest,
+      configDigest: config.digest,
+      layers: state.layers,
+    });
+    layout.push({
+      name: image.name,
+      tags: image.tags,
+      manifest,
+      platform: state.platform,
+      blobs: [manifest.digest, config.digest, ...state.layers.map((l) => l.digest)],
+    });
+  }
+  if (input.outDir) await writeLayout(input.outDir, input.store, layout);
+  return built;
+}

@@ -1,0 +1,57 @@
+/**
+ * What a copy step reads, and the key material made of it. Kept apart from
+ * the executor so `plan` can key a step without building it.
+ */
+import type { CopyStep } from '../config/types.js';
+import type { FileHasher } from '../context/file-hasher.js';
+import { selectSources, type Selection } from '../context/select.js';
+import type { InputFile, KeyMaterial } from '../cache/step-key.js';
+
+export const COPY_KIND = 'layergraph.copy.v1';
+
+export function copySelections(step: CopyStep, sourceRoot: string): Promise<Selection[]> {
+  const refs = step.sources.map((spec, i) => ({ spec, pos: step.sourcesPos[i] ?? step.pos }));
+  return selectSources(sourceRoot, refs, step.fromImage ? 'image' : 'context');
+}
+
+export async function copyInputs(step: CopyStep, selections: Selection[], hasher: FileHasher): Promise<InputFile[]> {
+  const prefix = step.fromImage ? `${step.fromImage.image}:/` : '';
+  const inputs: InputFile[] = [];
+  for (const sel of selections) {
+    for (const e of sel.entries) {
+      const p = `${prefix}${e.rel ? `${sel.source === '.' ? '' : `${sel.source}/`}${e.rel}` : sel.source}`;
+      const mode = e.stat.mode & 0o7777;
+      if (e.linkTarget !== undefined) inputs.push({ path: p, type: 'symlink', mode, target: e.linkTarget });
+      else if (e.stat.isDirectory()) inputs.push({ path: p, type: 'dir', mode });
+      else inputs.push({ path: p, type: 'file', mode, size: e.stat.size, hash: await hasher.hash(e.abs, e.stat) });
+    }
+  }
+  return inputs;
+}
+
+export function copyMaterial(step: CopyStep, inputs: InputFile[], parent: string | null): KeyMaterial {
+  return {
+    kind: COPY_KIND,
+    definition: {
+      copy: step.sources,
+      to: step.to,
+      from: step.fromImage?.image,
+      link: step.link,
+      chmod: step.chmod,
+      chown: step.chown,
+    },
+    inputs,
+    parent,
+  };
+}
+
+/** The step as a Dockerfile line, for image history and `docker history`. */
+export function describeCopy(step: CopyStep): string {
+  const flags = [
+    step.link ? '--link' : '',
+    step.fromImage ? `--from=${step.fromImage.image}` : '',
+    step.chmod !== undefined ? `--chmod=${step.chmod.toString(8).padStart(4, '0')}` : '',
+    step.chown ? `--chown=${step.chown.uid}:${step.chown.gid}` : '',
+  ].filter(Boolean);
+  return ['COPY', ...flags, ...step.sources, step.to].join(' ');
+}

@@ -1,0 +1,24 @@
+/** What a build tells its observers (progress views, reports) as it goes. */
+import type { LayerRef } from '../cache/step-records.js';
+
+export type StepStatus = 'hit' | 'miss' | 'failed' | 'skipped';
+
+export interface StepResult {
+  image: string;
+  step: string;
+  status: StepStatus;
+  /** Why it missed, failed or was skipped; empty for a hit. */
+  reason: string;
+  key: string;
+  /** Since the run began. */
+  startMs: number;
+  durationMs: number;
+  layer: LayerRef | null;
+  /** For a hit: how long the cached build took when it was made. */
+  savedMs: number;
+}
+
+export type BuildEvent =
+  | { type: 'plan'; steps: Array<{ image: string; step: string }> }
+  | { type: 'step-start'; image: string; step: string; atMs: number }
+  | { type: 'step-end'; result: StepResult };

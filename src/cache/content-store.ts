@@ -1,0 +1,117 @@
+/**
+ * The content store: blobs by sha256 digest under `<root>/blobs/sha256/<hex>`.
+ *
+ * A write is a transaction, as in containerd: bytes stream into a staging file
+ * under `<root>/ingest/` while their digest is computed, the file is fsynced,
+ * and only then renamed to its digest. A name under `blobs/` therefore always
+ * holds complete bytes; "already exists" on commit is success. Blobs are
+ * re-verified against their digest before they are reused (`verify`), so a
+ * damaged cache is caught instead of copied into an image.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { access, mkdir, rename, rm, stat } from 'node:fs/promises';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { Transform } from 'node:stream';
+import { CacheCorruptError } from '../errors.js';
+import { writeFileAtomic } from '../util/fs-atomic.js';
+
+export interface BlobInfo {
+  /** `sha256:<hex>` */
+  digest: string;
+  size: number;
+}
+
+export class ContentStore {
+  constructor(readonly root: string) {}
+
+  blobPath(digest: string): string {
+    return path.join(this.root, 'blobs', 'sha256', hexOf(digest));
+  }
+
+  async has(digest: string): Promise<boolean> {
+    try {
+      await access(this.blobPath(digest));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  async size(digest: string): Promise<number> {
+    return (await stat(this.blobPath(digest))).size;
+  }
+
+  read(digest: string): Readable {
+    return createReadStream(this.blobPath(digest));
+  }
+
+  /** Stream bytes into the store. With `expected`, a mismatch removes the staging file and throws. */
+  async ingest(source: Readable, expected?: string): Promise<BlobInfo> {
+    const ingestDir = path.join(this.root, 'ingest');
+    await mkdir(ingestDir, { recursive: true });
+    const staging = path.join(ingestDir, randomBytes(8).toString('hex'));
+    const hash = createHash('sha256');
+    let size = 0;
+    const tap = new Transform({
+      transform(chunk: Buffer, _enc, cb) {
+        hash.update(chunk);
+        size += chunk.length;
+        cb(null, chunk);
+      },
+    });
+    try {
+      const out = createWriteStream(staging, { mode: 0o644, flush: true });
+      await pipeline(source, tap, out);
+      const digest = `sha256:${hash.digest('hex')}`;
+      if (expected !== undefined && expected !== digest) {
+        throw new CacheCorruptError(`blob ${expected} arrived with digest ${digest}`);
+      }
+      await this.commit(staging, digest);
+      return { digest, size };
+    } finally {
+      await rm(staging, { force: true });
+    }
+  }
+
+  /** Store a small blob (config, manifest) held in memory. */
+  async put(bytes: Uint8Array): Promise<BlobInfo> {
+    const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+    if (!(await this.has(digest))) await writeFileAtomic(this.blobPath(digest), bytes);
+    return { digest, size: bytes.length };
+  }
+
+  /** True when the blob exists and its bytes still hash to its name. */
+  async verify(digest: string): Promise<boolean> {
+    try {
+      return (await sha256File(this.blobPath(digest))) === digest;
+    } catch {
+      return false;
+    }
+  }
+
+  async remove(digest: string): Promise<void> {
+    await rm(this.blobPath(digest), { force: true });
+  }
+
+  private async commit(staging: string, digest: string): Promise<void> {
+    const target = this.blobPath(digest);
+    await mkdir(path.dirname(target), { recursive: true });
+    // rename over an existing blob with the same digest is harmless: same bytes.
+    await rename(staging, target);
+  }
+}
+
+export async function sha256File(file: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
+  return `sha256:${hash.digest('hex')}`;
+}
+
+function hexOf(digest: string): string {
+  const m = /^sha256:([0-9a-f]{64})$/.exec(digest);
+  if (!m?.[1]) throw new CacheCorruptError(`not a sha256 digest: ${digest}`);
+  return m[1];
+}

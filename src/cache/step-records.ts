@@ -1,0 +1,77 @@
+/**
+ * Step records: what a cached step produced and what went into its key.
+ *
+ * `records/<key>.json` answers "is this step cached?"; `names/<hash>.json`
+ * remembers the key a given image/step last had, so a miss can be explained
+ * by comparing what went into the old key with what goes into the new one.
+ * Both are written atomically, and a record only after its layer blob is
+ * committed, so a record never points at a missing or partial blob.
+ */
+import { readFile, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { writeFileAtomic } from '../util/fs-atomic.js';
+import { hashValue } from '../util/xxhash.js';
+import type { KeyMaterial } from './step-key.js';
+
+export interface LayerRef {
+  /** `sha256:` digest of the compressed blob. */
+  digest: string;
+  /** `sha256:` digest of the uncompressed tar. */
+  diffId: string;
+  size: number;
+}
+
+export interface StepRecord {
+  recordVersion: 1;
+  key: string;
+  image: string;
+  step: string;
+  material: KeyMaterial;
+  /** null when the step wrote nothing (an empty layer). */
+  layer: LayerRef | null;
+  /** How long the miss took to build, so later hits can say what they saved. */
+  buildMs: number;
+}
+
+export class StepRecords {
+  constructor(readonly root: string) {}
+
+  async get(key: string): Promise<StepRecord | undefined> {
+    return readJson<StepRecord>(path.join(this.root, 'records', `${key}.json`));
+  }
+
+  async put(record: StepRecord): Promise<void> {
+    await writeFileAtomic(path.join(this.root, 'records', `${record.key}.json`), JSON.stringify(record));
+    await writeFileAtomic(await this.namePath(record.image, record.step), JSON.stringify({ key: record.key }));
+  }
+
+  async remove(key: string): Promise<void> {
+    await rm(path.join(this.root, 'records', `${key}.json`), { force: true });
+  }
+
+  /** The record this image/step had the last time it was built, if it is still there. */
+  async lastFor(image: string, step: string): Promise<StepRecord | undefined> {
+    const ref = await readJson<{ key: string }>(await this.namePath(image, step));
+    return ref ? this.get(ref.key) : undefined;
+  }
+
+  private async namePath(image: string, step: string): Promise<string> {
+    return path.join(this.root, 'names', `${await hashValue([image, step])}.json`);
+  }
+}
+
+async function readJson<T>(file: string): Promise<T | undefined> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
+  try {
+    return JSON.parse(text) as T;
+  } catch {
+    // A record is written atomically, so unreadable JSON means outside damage: treat as absent.
+    return undefined;
+  }
+}

@@ -1,0 +1,102 @@
+/**
+ * Commands and flags, declared as data and parsed by one function that tests
+ * can call. Help text is generated from the same declarations.
+ */
+import { parseArgs } from 'node:util';
+import { UsageError } from '../errors.js';
+
+interface FlagSpec {
+  type: 'string' | 'boolean';
+  multiple?: boolean;
+  short?: string;
+  value?: string;
+  help: string;
+}
+
+export const COMMANDS = {
+  run: {
+    usage: 'layergraph run <build.yaml> [flags]',
+    summary: 'build the images of a build file into an OCI image layout',
+    flags: {
+      target: { type: 'string', multiple: true, short: 't', value: 'image', help: 'build only this image (and what it needs); repeatable' },
+      out: { type: 'string', short: 'o', value: 'dir', help: 'OCI image layout to write (default: ./out)' },
+      'cache-dir': { type: 'string', value: 'dir', help: 'cache directory (default: $XDG_CACHE_HOME/layergraph or ~/.cache/layergraph)' },
+      jobs: { type: 'string', short: 'j', value: 'n', help: 'steps to run at once (default: number of CPUs)' },
+      report: { type: 'string', multiple: true, value: 'file', help: 'write a report: .json or .md by extension; repeatable' },
+      progress: { type: 'string', value: 'mode', help: 'auto | tty | plain | quiet (default: auto)' },
+    },
+  },
+  validate: {
+    usage: 'layergraph validate <build.yaml>',
+    summary: 'check a build file (schema, references, cycles, copy sources) without building',
+    flags: {},
+  },
+} satisfies Record<string, { usage: string; summary: string; flags: Record<string, FlagSpec> }>;
+
+export type CommandName = keyof typeof COMMANDS;
+
+export type ParsedArgs =
+  | { command: 'help'; topic?: CommandName }
+  | { command: 'version' }
+  | { command: CommandName; file: string; values: Record<string, string | string[] | boolean | undefined> };
+
+export function parseCli(argv: string[]): ParsedArgs {
+  const [first, ...rest] = argv;
+  if (first === undefined || first === '--help' || first === '-h' || first === 'help') {
+    const topic = rest[0];
+    return topic && topic in COMMANDS ? { command: 'help', topic: topic as CommandName } : { command: 'help' };
+  }
+  if (first === '--version' || first === '-V' || first === 'version') return { command: 'version' };
+  if (!(first in COMMANDS)) {
+    throw new UsageError(`unknown command \`${first}\`; commands: ${Object.keys(COMMANDS).join(', ')} (see layergraph --help)`);
+  }
+  const command = first as CommandName;
+  if (rest.includes('--help') || rest.includes('-h')) return { command: 'help', topic: command };
+  const flags: Record<string, FlagSpec> = COMMANDS[command].flags;
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: rest,
+      options: Object.fromEntries(
+        Object.entries(flags).map(([name, f]) => [
+          name,
+          { type: f.type, ...(f.multiple ? { multiple: true } : {}), ...(f.short ? { short: f.short } : {}) },
+        ]),
+      ),
+      allowPositionals: true,
+      strict: true,
+    });
+  } catch (err) {
+    throw new UsageError(`${(err as Error).message.replace(/\. To specify.*$/s, '')} (see layergraph ${command} --help)`);
+  }
+  const [file, ...extra] = parsed.positionals;
+  if (!file) throw new UsageError(`\`${command}\` needs a build file: ${COMMANDS[command].usage}`);
+  if (extra.length) throw new UsageError(`unexpected argument \`${extra[0]}\`: ${COMMANDS[command].usage}`);
+  return { command, file, values: parsed.values as Record<string, string | string[] | boolean | undefined> };
+}
+
+export function helpText(topic?: CommandName): string {
+  if (!topic) {
+    const cmds = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`);
+    return [
+      'layergraph: build OCI images from a YAML graph of steps, with a layer cache that explains every miss',
+      '',
+      'Usage: layergraph <command> <build.yaml> [flags]',
+      '',
+      'Commands:',
+      ...cmds,
+      '',
+      'Flags: --help (per command: layergraph run --help), --version',
+      '',
+      'Exit codes: 0 ok, 1 build failed, 2 invalid build file or arguments, 130 interrupted',
+      '',
+    ].join('\n');
+  }
+  const c = COMMANDS[topic];
+  const flags: Record<string, FlagSpec> = c.flags;
+  const rows = Object.entries(flags).map(([name, f]) => {
+    const left = `${f.short ? `-${f.short}, ` : '    '}--${name}${f.value ? ` <${f.value}>` : ''}`;
+    return `  ${left.padEnd(28)} ${f.help}`;
+  });
+  return [`Usage: ${c.usage}`, '', c.summary, ...(rows.length ? ['', 'Flags:', ...rows] : []), ''].join('\n');
+}

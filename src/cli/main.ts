@@ -1,0 +1,182 @@
+/**
+ * The CLI entry: parse, run the command, map errors to exit codes. This is
+ * the only place that knows about exit codes and process streams.
+ */
+import { appendFile, readFile, writeFile, mkdir } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { runBuild, type BuildResult } from '../build/run-build.js';
+import { loadBuildFile } from '../config/load.js';
+import { validateSources } from '../build/validate-sources.js';
+import { buildGraph } from '../graph/build-graph.js';
+import { ConfigError, LayergraphError, UsageError, formatIssue } from '../errors.js';
+import { jsonReport, markdownReport, textReport } from '../report/summary.js';
+import { helpText, parseCli, type ParsedArgs } from './flags.js';
+import { createProgress, type ProgressMode } from './progress.js';
+import { withExcerpts } from './excerpts.js';
+
+export const EXIT = { ok: 0, buildFailed: 1, invalid: 2, interrupted: 130, bug: 70 } as const;
+
+export interface CliIo {
+  stdout: { write(s: string): unknown; isTTY?: boolean };
+  stderr: { write(s: string): unknown; isTTY?: boolean };
+  env: NodeJS.ProcessEnv;
+  cwd: string;
+  signal?: AbortSignal;
+}
+
+export async function main(argv: string[], io?: CliIo): Promise<number> {
+  const ctl = io ? undefined : interruptOnSignals();
+  const cli: CliIo = io ?? { stdout: process.stdout, stderr: process.stderr, env: process.env, cwd: process.cwd(), signal: ctl!.signal };
+  try {
+    return await dispatch(parseCli(argv), cli);
+  } catch (err) {
+    return reportError(err, cli);
+  } finally {
+    ctl?.dispose();
+  }
+}
+
+async function dispatch(args: ParsedArgs, io: CliIo): Promise<number> {
+  switch (args.command) {
+    case 'help':
+      io.stdout.write(helpText(args.topic));
+      return EXIT.ok;
+    case 'version':
+      io.stdout.write(`layergraph ${await version()}\n`);
+      return EXIT.ok;
+    case 'validate': {
+      const spec = await loadBuildFile(path.resolve(io.cwd, args.file));
+      buildGraph(spec);
+      await validateSources(spec);
+      const steps = spec.images.reduce((n, img) => n + img.steps.length, 0);
+      io.stdout.write(`${path.relative(io.cwd, spec.file) || spec.file}: ok (${spec.images.length} images, ${steps} steps)\n`);
+      return EXIT.ok;
+    }
+    case 'run':
+      return runCommand(args.file, args.values, io);
+  }
+}
+
+async function runCommand(file: string, values: Record<string, unknown>, io: CliIo): Promise<number> {
+  const spec = await loadBuildFile(path.resolve(io.cwd, file));
+  const targets = (values.target as string[] | undefined) ?? [];
+  const unknown = targets.filter((t) => !spec.images.some((i) => i.name === t));
+  if (unknown.length) {
+    throw new UsageError(`--target ${unknown.join(', ')}: no such image; images: ${spec.images.map((i) => i.name).join(', ')}`);
+  }
+  const progressMode = (values.progress as string | undefined) ?? 'auto';
+  if (!['auto', 'tty', 'plain', 'quiet'].includes(progressMode)) {
+    throw new UsageError(`--progress ${progressMode}: expected auto, tty, plain or quiet`);
+  }
+  const jobs = parseJobs(values.jobs as string | undefined);
+  const reports = (values.report as string[] | undefined) ?? [];
+  for (const r of reports) {
+    if (!/\.(json|md|markdown)$/i.test(r)) throw new UsageError(`--report ${r}: the file name must end in .json or .md`);
+  }
+  const progress = createProgress(progressMode as ProgressMode, io.stderr, io.env);
+  let result: BuildResult;
+  try {
+    result = await runBuild(spec, {
+      cacheDir: path.resolve(io.cwd, (values['cache-dir'] as string | undefined) ?? defaultCacheDir(io.env)),
+      outDir: path.resolve(io.cwd, (values.out as string | undefined) ?? 'out'),
+      targets,
+      jobs,
+      sourceDateEpoch: sourceDateEpoch(io.env),
+      onEvent: (e) => progress.onEvent(e),
+      ...(io.signal ? { signal: io.signal } : {}),
+    });
+  } finally {
+    progress.close();
+  }
+  if (progressMode !== 'quiet' || result.error) io.stdout.write(textReport(result));
+  await writeReports(result, reports, io);
+  if (result.error) {
+    if (io.signal?.aborted) {
+      io.stderr.write('interrupted: the cache is intact; steps that finished are cached\n');
+      return EXIT.interrupted;
+    }
+    if (result.error instanceof ConfigError) return reportError(result.error, io);
+    io.stderr.write(`error: ${result.error.message}\n`);
+    return EXIT.buildFailed;
+  }
+  return EXIT.ok;
+}
+
+async function writeReports(result: BuildResult, reports: string[], io: CliIo): Promise<void> {
+  for (const r of reports) {
+    const file = path.resolve(io.cwd, r);
+    await mkdir(path.dirname(file), { recursive: true });
+    await writeFile(file, /\.json$/i.test(r) ? jsonReport(result) : markdownReport(result));
+  }
+  const summaryFile = io.env.GITHUB_STEP_SUMMARY;
+  if (summaryFile) await appendFile(summaryFile, markdownReport(result));
+}
+
+async function reportError(err: unknown, io: CliIo): Promise<number> {
+  if (err instanceof ConfigError) {
+    const issues = await withExcerpts(err.issues);
+    io.stderr.write(`${issues.map(formatIssue).join('\n\n')}\n`);
+    io.stderr.write(`${issues.length} problem${issues.length === 1 ? '' : 's'} in the build file\n`);
+    return EXIT.invalid;
+  }
+  if (err instanceof UsageError) {
+    io.stderr.write(`error: ${err.message}\n`);
+    return EXIT.invalid;
+  }
+  if (err instanceof LayergraphError) {
+    io.stderr.write(`error: ${err.message}\n`);
+    return EXIT.buildFailed;
+  }
+  if ((err as NodeJS.ErrnoException)?.code === 'ENOENT' && (err as NodeJS.ErrnoException).path) {
+    io.stderr.write(`error: ${(err as NodeJS.ErrnoException).path}: no such file\n`);
+    return EXIT.invalid;
+  }
+  io.stderr.write(
+    `unexpected error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n` +
+      'This is a bug in layergraph. Please report it with the command you ran and the output above.\n',
+  );
+  return EXIT.bug;
+}
+
+function parseJobs(value: string | undefined): number {
+  if (value === undefined) return os.availableParallelism();
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new UsageError(`--jobs ${value}: expected a whole number of at least 1`);
+  return n;
+}
+
+export function defaultCacheDir(env: NodeJS.ProcessEnv): string {
+  const base = env.XDG_CACHE_HOME || path.join(env.HOME || os.homedir(), '.cache');
+  return path.join(base, 'layergraph');
+}
+
+function sourceDateEpoch(env: NodeJS.ProcessEnv): number {
+  const raw = env.SOURCE_DATE_EPOCH;
+  if (raw === undefined || raw === '') return 0;
+  if (!/^\d+$/.test(raw)) throw new UsageError(`SOURCE_DATE_EPOCH is "${raw}"; expected whole seconds since 1970`);
+  return Number(raw);
+}
+
+async function version(): Promise<string> {
+  const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+/** First Ctrl-C/SIGTERM: stop starting steps and finish cleanly. Second: leave at once. */
+function interruptOnSignals(): { signal: AbortSignal; dispose(): void } {
+  const ctl = new AbortController();
+  const onSignal = (sig: NodeJS.Signals): void => {
+    if (ctl.signal.aborted) process.exit(sig === 'SIGINT' ? 130 : 143);
+    ctl.abort();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  return {
+    signal: ctl.signal,
+    dispose: () => {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    },
+  };
+}

@@ -1,0 +1,34 @@
+/**
+ * Content hashes of input files. The seam is `(path, stat) → hash` so that a
+ * persistent stat cache (size, mtime, inode, ctime → hash) can be put in
+ * front later without touching callers; today each file is read once per run
+ * (concurrent asks for the same file share one read).
+ */
+import type { Stats } from 'node:fs';
+import { createReadStream } from 'node:fs';
+import { getXXHash, toHex64 } from '../util/xxhash.js';
+
+export interface FileHasher {
+  hash(absPath: string, st: Stats): Promise<string>;
+}
+
+export class ContentHasher implements FileHasher {
+  private readonly inflight = new Map<string, Promise<string>>();
+
+  hash(absPath: string, st: Stats): Promise<string> {
+    const id = `${absPath}\0${st.size}\0${st.mtimeMs}\0${st.ino}\0${st.ctimeMs}`;
+    let p = this.inflight.get(id);
+    if (!p) {
+      p = hashContent(absPath);
+      this.inflight.set(id, p);
+    }
+    return p;
+  }
+}
+
+async function hashContent(absPath: string): Promise<string> {
+  const { create64 } = await getXXHash();
+  const h = create64();
+  for await (const chunk of createReadStream(absPath, { highWaterMark: 1 << 20 })) h.update(chunk as Uint8Array);
+  return toHex64(h.digest());
+}

@@ -1,0 +1,193 @@
+/**
+ * Resolve a copy step's sources to the files they select.
+ *
+ * Docker COPY rules: a source is a path or a glob; each match is copied as a
+ * unit (a file, or the contents of a directory). A source that is itself a
+ * symlink is followed, as BuildKit does, but it and every parent must resolve
+ * inside the root; symlinks met while walking a directory are kept as links.
+ */
+import type { Stats } from 'node:fs';
+import { lstat, readdir, readlink, realpath, stat } from 'node:fs/promises';
+import path from 'node:path';
+import picomatch from 'picomatch';
+import type { SourcePos } from '../errors.js';
+import { ConfigError, PathEscapeError } from '../errors.js';
+
+export interface SelectedEntry {
+  /** Path relative to the selected source ('' for the source itself). */
+  rel: string;
+  abs: string;
+  stat: Stats;
+  linkTarget?: string;
+}
+
+export interface Selection {
+  /** The source as matched, relative to the root, e.g. `services/api`. */
+  source: string;
+  kind: 'file' | 'dir';
+  /** For a file: one entry with rel ''. For a directory: every descendant, sorted; not the directory itself. */
+  entries: SelectedEntry[];
+  /** Mode of the selected directory (or file) itself. */
+  stat: Stats;
+}
+
+export interface SourceRef {
+  spec: string;
+  pos: SourcePos;
+}
+
+/**
+ * How paths resolve under a root. The build context refuses anything that
+ * escapes; an image's root filesystem resolves absolute links against itself,
+ * as a container would see them.
+ */
+export type RootKind = 'context' | 'image';
+
+export async function selectSources(root: string, sources: SourceRef[], rootKind: RootKind): Promise<Selection[]> {
+  const realRoot = await realpath(root);
+  const selections: Selection[] = [];
+  const issues: ConstructorParameters<typeof ConfigError>[0] = [];
+  for (const src of sources) {
+    try {
+      for (const rel of await expand(realRoot, src.spec, rootKind)) {
+        selections.push(await selectOne(realRoot, rel, rootKind));
+      }
+    } catch (err) {
+      if (err instanceof PathEscapeError || err instanceof SourceNotFound) {
+        issues.push({ pos: src.pos, path: 'copy', message: describe(err, src.spec, rootKind) });
+      } else throw err;
+    }
+  }
+  if (issues.length) throw new ConfigError(issues);
+  return selections;
+}
+
+class SourceNotFound extends Error {}
+
+function describe(err: Error, spec: string, rootKind: RootKind): string {
+  const where = rootKind === 'context' ? 'the build context' : 'the source image';
+  if (err instanceof PathEscapeError) return `copy source \`${spec}\` leaves ${where}: ${err.message}`;
+  return `copy source \`${spec}\` ${err.message} in ${where}`;
+}
+
+const GLOB_CHARS = /[*?[\]{}]/;
+
+/**
+ * A plain path is itself; a glob is matched below its static prefix (the
+ * segments before the first glob character), which is resolved like any
+ * source, so globs in an image see the image's links, not the host's. Links
+ * are listed as matches, never walked into; `selectOne` follows them.
+ */
+async function expand(root: string, spec: string, rootKind: RootKind): Promise<string[]> {
+  const clean = path.posix.normalize(spec.replace(/^\/+/, '')).replace(/\/+$/, '') || '.';
+  if (!GLOB_CHARS.test(clean)) return [clean];
+  const segments = clean.split('/');
+  const firstGlob = segments.findIndex((seg) => GLOB_CHARS.test(seg));
+  const prefix = segments.slice(0, firstGlob).join('/');
+  const pattern = segments.slice(firstGlob).join('/');
+  const base = prefix ? await resolveFollowing(root, prefix, rootKind) : root;
+  const depth = pattern.includes('**') ? Infinity : segments.length - firstGlob;
+  const isMatch = picomatch(pattern, { dot: true });
+  const matches = (await listBelow(base, depth)).filter((rel) => isMatch(rel));
+  if (matches.length === 0) throw new SourceNotFound('matches nothing');
+  return matches.map((m) => (prefix ? `${prefix}/${m}` : m)).sort();
+}
+
+/** Relative paths below `dir`, at most `depth` levels deep, without following links. */
+async function listBelow(dir: string, depth: number): Promise<string[]> {
+  const out: string[] = [];
+  async function visit(abs: string, rel: string, level: number): Promise<void> {
+    for (const ent of await readdir(abs, { withFileTypes: true })) {
+      const r = rel ? `${rel}/${ent.name}` : ent.name;
+      out.push(r);
+      if (ent.isDirectory() && level < depth) await visit(path.join(abs, ent.name), r, level + 1);
+    }
+  }
+  const st = await stat(dir).catch(() => undefined);
+  if (st?.isDirectory()) await visit(dir, '', 1);
+  return out;
+}
+
+async function selectOne(root: string, rel: string, rootKind: RootKind): Promise<Selection> {
+  const abs = await resolveFollowing(root, rel, rootKind);
+  const st = await stat(abs);
+  if (st.isFile()) return { source: rel, kind: 'file', stat: st, entries: [{ rel: '', abs, stat: st }] };
+  if (st.isDirectory()) return { source: rel, kind: 'dir', stat: st, entries: await walk(abs) };
+  throw new SourceNotFound('is neither a file nor a directory');
+}
+
+/** Resolve `rel` under `root`, following symlinks, and refuse (context) or clamp (image) escapes. */
+async function resolveFollowing(root: string, rel: string, rootKind: RootKind): Promise<string> {
+  if (rootKind === 'image') return resolveInImage(root, rel);
+  let real: string;
+  try {
+    real = await realpath(path.join(root, rel));
+  } catch (err) {
+    if (isMissing(err)) throw new SourceNotFound('does not exist');
+    throw err;
+  }
+  if (real !== root && !real.startsWith(root + path.sep)) {
+    throw new PathEscapeError(rel, root, `resolves to ${real}, outside ${root}`);
+  }
+  return real;
+}
+
+/** Follow links the way the image itself would: `/` is the image root. */
+async function resolveInImage(root: string, rel: string): Promise<string> {
+  const parts = rel.split('/').filter((p) => p && p !== '.');
+  const done: string[] = [];
+  let hops = 0;
+  while (parts.length) {
+    const part = parts.shift() as string;
+    if (part === '..') {
+      done.pop();
+      continue;
+    }
+    const here = path.join(root, ...done, part);
+    let st: Stats;
+    try {
+      st = await lstat(here);
+    } catch (err) {
+      if (isMissing(err)) throw new SourceNotFound('does not exist');
+      throw err;
+    }
+    if (!st.isSymbolicLink()) {
+      done.push(part);
+      continue;
+    }
+    if (++hops > 40) throw new SourceNotFound('has too many levels of symbolic links');
+    const target = await readlink(here);
+    if (target.startsWith('/')) done.length = 0;
+    parts.unshift(...target.split('/').filter((p) => p && p !== '.'));
+  }
+  return path.join(root, ...done);
+}
+
+/** ENOTDIR: a path below a regular file, which is as missing as a path that is not there. */
+function isMissing(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === 'ENOENT' || code === 'ENOTDIR';
+}
+
+async function walk(dir: string): Promise<SelectedEntry[]> {
+  const out: SelectedEntry[] = [];
+  async function visit(absDir: string, relDir: string): Promise<void> {
+    const names = (await readdir(absDir)).sort();
+    for (const name of names) {
+      const abs = path.join(absDir, name);
+      const rel = relDir ? `${relDir}/${name}` : name;
+      const st = await lstat(abs);
+      if (st.isSymbolicLink()) {
+        out.push({ rel, abs, stat: st, linkTarget: await readlink(abs) });
+      } else if (st.isDirectory()) {
+        out.push({ rel, abs, stat: st });
+        await visit(abs, rel);
+      } else if (st.isFile()) {
+        out.push({ rel, abs, stat: st });
+      }
+      // Sockets, fifos and devices in a build context are not copyable content; Docker skips them too.
+    }
+  }
+  await visit(dir, '');
+  return out;
+}

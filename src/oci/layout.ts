@@ -1,0 +1,60 @@
+/**
+ * Write an OCI image layout: `oci-layout`, `blobs/sha256/…` and one
+ * `index.json` for every image of the run. Each image gets one index entry
+ * named after it and one more per tag; a blob shared by several images is
+ * stored once. Blobs are copied (reflinked where the filesystem can) from the
+ * content store, to a temp name first, so a reader never sees a partial blob.
+ */
+import { constants } from 'node:fs';
+import { access, copyFile, mkdir, rename, rm } from 'node:fs/promises';
+import path from 'node:path';
+import type { ContentStore, BlobInfo } from '../cache/content-store.js';
+import type { Platform } from '../config/types.js';
+import { tempSibling, writeFileAtomic } from '../util/fs-atomic.js';
+import { ANNOTATION_REF_NAME, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST } from './media-types.js';
+
+export interface LayoutImage {
+  name: string;
+  tags: string[];
+  manifest: BlobInfo;
+  platform: Platform;
+  /** Every blob the manifest needs: config, layers, the manifest itself. */
+  blobs: string[];
+}
+
+export async function writeLayout(outDir: string, store: ContentStore, images: LayoutImage[]): Promise<void> {
+  await mkdir(path.join(outDir, 'blobs', 'sha256'), { recursive: true });
+  const digests = [...new Set(images.flatMap((img) => img.blobs))];
+  await Promise.all(digests.map((d) => copyBlob(store, d, outDir)));
+  await writeFileAtomic(path.join(outDir, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
+  const manifests = images.flatMap((img) =>
+    [img.name, ...img.tags].map((ref) => ({
+      mediaType: MEDIA_TYPE_MANIFEST,
+      digest: img.manifest.digest,
+      size: img.manifest.size,
+      platform: img.platform,
+      annotations: { [ANNOTATION_REF_NAME]: ref },
+    })),
+  );
+  const index = { schemaVersion: 2, mediaType: MEDIA_TYPE_INDEX, manifests };
+  await writeFileAtomic(path.join(outDir, 'index.json'), JSON.stringify(index, null, 2) + '\n');
+}
+
+async function copyBlob(store: ContentStore, digest: string, outDir: string): Promise<void> {
+  const target = path.join(outDir, 'blobs', 'sha256', digest.slice('sha256:'.length));
+  if (await exists(target)) return;
+  const tmp = tempSibling(target);
+  try {
+    await copyFile(store.blobPath(digest), tmp, constants.COPYFILE_FICLONE);
+    await rename(tmp, target);
+  } finally {
+    await rm(tmp, { force: true });
+  }
+}
+
+async function exists(p: string): Promise<boolean> {
+  return access(p).then(
+    () => true,
+    () => false,
+  );
+}

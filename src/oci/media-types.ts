@@ -1,0 +1,6 @@
+/** Media types and annotation keys from the OCI image-spec. */
+export const MEDIA_TYPE_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
+export const MEDIA_TYPE_INDEX = 'application/vnd.oci.image.index.v1+json';
+export const MEDIA_TYPE_CONFIG = 'application/vnd.oci.image.config.v1+json';
+export const MEDIA_TYPE_LAYER_GZIP = 'application/vnd.oci.image.layer.v1.tar+gzip';
+export const ANNOTATION_REF_NAME = 'org.opencontainers.image.ref.name';

@@ -1,0 +1,48 @@
+/**
+ * Black-box CLI helpers: run layergraph in-process (fast, same code path as
+ * the binary) or as a real child process through bin/ (for umask, signals and
+ * the launcher itself). Both return { stdout, stderr, exitCode }.
+ */
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { main } from '../../src/cli/main.js';
+
+export interface CliResult {
+  stdout: string;
+  stderr: string;
+  exitCode: number;
+}
+
+export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+
+export async function runCli(args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
+  let stdout = '';
+  let stderr = '';
+  const exitCode = await main(args, {
+    stdout: { write: (s: string) => (stdout += s) },
+    stderr: { write: (s: string) => (stderr += s) },
+    env: { ...(opts.env ?? {}) },
+    cwd: opts.cwd ?? process.cwd(),
+  });
+  return { stdout, stderr, exitCode };
+}
+
+/** Run the installed launcher, optionally under `umask` (which only a real process can have). */
+export function spawnCli(
+  args: string[],
+  opts: { cwd?: string; env?: NodeJS.ProcessEnv; umask?: string } = {},
+): Promise<CliResult> {
+  const bin = path.join(REPO, 'bin', 'layergraph.js');
+  const quoted = [bin, ...args].map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
+  const script = `${opts.umask ? `umask ${opts.umask}; ` : ''}exec node ${quoted}`;
+  return new Promise((resolve, reject) => {
+    const child = spawn('sh', ['-c', script], { cwd: opts.cwd ?? process.cwd(), env: { ...process.env, ...opts.env } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ stdout, stderr, exitCode: code ?? -1 }));
+  });
+}
