@@ -1,0 +1,3 @@
+#!/bin/sh
+# shared logging helper
+log() { printf '%s %s\n' "$(date -u +%FT%TZ)" "$*"; }
