@@ -6,6 +6,7 @@
  */
 import type { Stats } from 'node:fs';
 import { createReadStream } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { getXXHash, toHex64 } from '../util/xxhash.js';
 
 export interface FileHasher {
@@ -19,16 +20,20 @@ export class ContentHasher implements FileHasher {
     const id = `${absPath}\0${st.size}\0${st.mtimeMs}\0${st.ino}\0${st.ctimeMs}`;
     let p = this.inflight.get(id);
     if (!p) {
-      p = hashContent(absPath);
+      p = hashContent(absPath, st.size);
       this.inflight.set(id, p);
     }
     return p;
   }
 }
 
-async function hashContent(absPath: string): Promise<string> {
-  const { create64 } = await getXXHash();
+/** Files up to this size are read in one go: a stream's buffers cost more than they save for small files. */
+const WHOLE_FILE_LIMIT = 1 << 20;
+
+async function hashContent(absPath: string, size: number): Promise<string> {
+  const { create64, h64Raw } = await getXXHash();
+  if (size <= WHOLE_FILE_LIMIT) return toHex64(h64Raw(await readFile(absPath)));
   const h = create64();
-  for await (const chunk of createReadStream(absPath, { highWaterMark: 1 << 20 })) h.update(chunk as Uint8Array);
+  for await (const chunk of createReadStream(absPath, { highWaterMark: WHOLE_FILE_LIMIT })) h.update(chunk as Uint8Array);
   return toHex64(h.digest());
 }
