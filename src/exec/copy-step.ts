@@ -12,7 +12,7 @@
  * root): the packer assigns uid/gid.
  */
 import { constants } from 'node:fs';
-import { chmod, copyFile, lstat, mkdir, rm, symlink } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { SelectedEntry, Selection } from '../context/select.js';
 
@@ -35,68 +35,94 @@ export async function writeCopy(upper: string, selections: Selection[], target: 
     );
   }
   const toRel = target.to.split('/').filter(Boolean).join('/');
-  const writer = new UpperWriter(upper);
+  const plan = new UpperPlan();
   for (const sel of selections) {
     if (sel.kind === 'dir') {
-      await writer.dir(toRel, target.chmod);
-      for (const e of sel.entries) await writer.entry(joinRel(toRel, e.rel), e, target.chmod);
+      plan.dir(toRel, target.chmod);
+      for (const e of sel.entries) plan.entry(joinRel(toRel, e.rel), e, target.chmod);
     } else {
       const destRel = toIsDir ? joinRel(toRel, path.posix.basename(sel.source)) : toRel;
       if (destRel === '') throw new CopyDestinationError('cannot copy a file onto `/`; end `to` with "/" to copy into the root');
-      await writer.entry(destRel, sel.entries[0]!, target.chmod);
+      plan.entry(destRel, sel.entries[0]!, target.chmod);
     }
   }
-  await writer.finish();
+  await plan.write(upper);
 }
 
 function joinRel(a: string, b: string): string {
   return a && b ? `${a}/${b}` : a || b;
 }
 
+type Planned = { kind: 'dir'; mode: number } | { kind: 'file'; src: string; mode: number } | { kind: 'link'; target: string };
+
+/** Files copied at once: each copy waits mostly on the filesystem, not the CPU. */
+const PARALLEL_COPIES = 16;
+
 /**
- * Writes into the upper. Directories stay writable until `finish`, which sets
- * their final modes deepest first, so a read-only source directory can still
- * be filled without root.
+ * What the upper will hold, decided in memory first so that a later source
+ * replaces an earlier one exactly as sequential copies would, and the writes
+ * themselves can then run in parallel into an empty directory.
  */
-class UpperWriter {
-  private readonly dirModes = new Map<string, number>();
+class UpperPlan {
+  private readonly entries = new Map<string, Planned>();
 
-  constructor(private readonly upper: string) {}
-
-  async entry(rel: string, e: SelectedEntry, modeOverride: number | undefined): Promise<void> {
+  entry(rel: string, e: SelectedEntry, modeOverride: number | undefined): void {
     if (e.stat.isDirectory()) return this.dir(rel, modeOverride ?? e.stat.mode & 0o7777);
-    await this.dir(parentOf(rel), undefined);
-    const dest = path.join(this.upper, rel);
-    await rm(dest, { recursive: true, force: true });
-    for (const k of this.dirModes.keys()) if (k === rel || k.startsWith(`${rel}/`)) this.dirModes.delete(k);
-    if (e.linkTarget !== undefined) {
-      await symlink(e.linkTarget, dest);
-      return;
-    }
-    await copyFile(e.abs, dest, constants.COPYFILE_FICLONE);
-    await chmod(dest, modeOverride ?? e.stat.mode & 0o7777);
+    this.dir(parentOf(rel), undefined);
+    // Only a directory has anything planned below it; scanning for that on every file would be quadratic.
+    if (this.entries.get(rel)?.kind === 'dir') this.removeTree(rel);
+    this.entries.set(
+      rel,
+      e.linkTarget !== undefined
+        ? { kind: 'link', target: e.linkTarget }
+        : { kind: 'file', src: e.abs, mode: modeOverride ?? e.stat.mode & 0o7777 },
+    );
   }
 
   /** mkdir -p: missing ancestors get 0755; the directory itself `mode` when given. */
-  async dir(rel: string, mode: number | undefined): Promise<void> {
+  dir(rel: string, mode: number | undefined): void {
     const parts = rel ? rel.split('/') : [];
     for (let i = 1; i <= parts.length; i++) {
       const sub = parts.slice(0, i).join('/');
-      const abs = path.join(this.upper, sub);
-      const st = await lstat(abs).catch(() => undefined);
-      if (!st?.isDirectory()) {
-        if (st) await rm(abs, { force: true });
-        await mkdir(abs);
-        await chmod(abs, 0o700 | DIR_MODE);
-        this.dirModes.set(sub, DIR_MODE);
+      const existing = this.entries.get(sub);
+      if (existing?.kind !== 'dir') {
+        if (existing) this.entries.delete(sub);
+        this.entries.set(sub, { kind: 'dir', mode: DIR_MODE });
       }
     }
-    if (rel && mode !== undefined) this.dirModes.set(rel, mode);
+    if (rel && mode !== undefined) this.entries.set(rel, { kind: 'dir', mode });
   }
 
-  async finish(): Promise<void> {
-    const deepestFirst = [...this.dirModes].sort((a, b) => b[0].split('/').length - a[0].split('/').length);
-    for (const [rel, mode] of deepestFirst) await chmod(path.join(this.upper, rel), mode);
+  /** Directories first and writable, then files in parallel, then the directories' final modes, deepest first. */
+  async write(upper: string): Promise<void> {
+    const all = [...this.entries];
+    const dirs = all.filter(([, p]) => p.kind === 'dir').sort(([a], [b]) => (a < b ? -1 : 1));
+    for (const [rel] of dirs) {
+      await mkdir(path.join(upper, rel));
+      await chmod(path.join(upper, rel), 0o700 | DIR_MODE);
+    }
+    const leaves = all.filter(([, p]) => p.kind !== 'dir');
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < leaves.length) {
+        const [rel, p] = leaves[next++]!;
+        const dest = path.join(upper, rel);
+        if (p.kind === 'link') await symlink(p.target, dest);
+        else if (p.kind === 'file') {
+          await copyFile(p.src, dest, constants.COPYFILE_FICLONE);
+          await chmod(dest, p.mode);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(PARALLEL_COPIES, leaves.length) }, worker));
+    for (const [rel, p] of dirs.reverse()) {
+      if (p.kind === 'dir' && p.mode !== (0o700 | DIR_MODE)) await chmod(path.join(upper, rel), p.mode);
+    }
+  }
+
+  /** Forget `rel` and everything planned below it. */
+  private removeTree(rel: string): void {
+    for (const k of this.entries.keys()) if (k === rel || k.startsWith(`${rel}/`)) this.entries.delete(k);
   }
 }
 
