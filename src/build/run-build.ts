@@ -4,9 +4,12 @@
  *
  * Every step starts as a task at once and waits for what it needs (BuildKit's
  * model: a vertex is keyed before it runs, and a cached vertex never runs).
- * A non-linked step waits for the steps below it, because their keys are part
- * of its own; a linked step does not, and only joins the chain afterwards.
- * `--jobs` bounds the work in flight, not the waiting.
+ * A step has two phases. Its *key* needs the keys of the steps below it
+ * (unless it is linked), never their layers. Its *build* needs no layer below
+ * it either — a copy never reads the filesystem it lands on — so a chain of
+ * copy steps builds in parallel as soon as each key is known. Only `copy …
+ * from:` waits for layers: those of the image it reads. `--jobs` bounds the
+ * work in flight, not the waiting.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
@@ -52,11 +55,11 @@ export interface BuildResult {
   error?: Error;
 }
 
-interface StepOutcome {
-  key: string;
-  /** Key of the filesystem once this step is applied on what it sits on. */
-  chain: string;
-  layer: LayerRef | null;
+interface StepTask {
+  /** Settles once the step is keyed: the key of the filesystem with this step applied. */
+  chain: Promise<string>;
+  /** Settles once the step's layer is in the store (null: the step wrote nothing). */
+  layer: Promise<LayerRef | null>;
 }
 
 /** Rejects the tasks of steps that cannot run because something they need failed. */
@@ -78,7 +81,7 @@ class BuildRun {
   private readonly jobs: Semaphore;
   private readonly tmpRoot: string;
   private readonly results = new Map<string, StepResult>();
-  private readonly outcomes = new Map<string, Promise<StepOutcome>>();
+  private readonly tasks = new Map<string, StepTask>();
   private readonly imageKeys = new Map<string, Promise<string>>();
   /** One flight per key: steps with the same key in one run (a shared linked step) build once. */
   private readonly building = new Map<string, { by: string; layer: Promise<LayerRef | null> }>();
@@ -102,13 +105,9 @@ class BuildRun {
     this.emit({ type: 'plan', steps: this.images.flatMap((img) => img.steps.map((s) => ({ image: img.name, step: s.id }))) });
     try {
       for (const image of this.images) {
-        for (const step of image.steps) {
-          const task = this.runStep(image, step);
-          task.catch(() => undefined);
-          this.outcomes.set(nodeId(image.name, step.id), task);
-        }
+        for (const step of image.steps) this.tasks.set(nodeId(image.name, step.id), this.startStep(image, step));
       }
-      await Promise.allSettled(this.outcomes.values());
+      await Promise.allSettled([...this.tasks.values()].flatMap((t) => [t.chain, t.layer]));
     } finally {
       await rm(this.tmpRoot, { recursive: true, force: true });
     }
@@ -123,31 +122,45 @@ class BuildRun {
       images: this.images,
       outputs,
       layerOrder: this.layerOrder,
-      layerOf: async (image, step) => (await this.outcome(image, step)).layer,
+      layerOf: (image, step) => this.task(image, step).layer,
       outDir: this.opts.outDir,
       sourceDateEpoch: this.opts.sourceDateEpoch,
     });
     return { images, steps, durationMs: this.now() };
   }
 
-  private async runStep(image: ImageSpec, step: CopyStep): Promise<StepOutcome> {
+  private startStep(image: ImageSpec, step: CopyStep): StepTask {
+    let keyed!: (chain: Promise<string>) => void;
+    const chain = new Promise<string>((resolve) => (keyed = resolve));
+    const layer = this.runStep(image, step, keyed);
+    // A step that fails or is skipped before it is keyed leaves its chain to fail the same way.
+    layer.catch((err: unknown) => keyed(Promise.reject(err)));
+    chain.catch(() => undefined);
+    return { chain, layer };
+  }
+
+  private async runStep(image: ImageSpec, step: CopyStep, keyed: (chain: Promise<string>) => void): Promise<LayerRef | null> {
     const below = this.belowOf(image, step);
     below.catch(() => undefined);
     const parent = step.link ? null : await below;
-    const sourceKey = step.fromImage ? await this.imageKey(step.fromImage.image) : undefined;
+    // Wait for the source image's layers outside the job slots: they may need those slots to be built.
+    const source = step.fromImage
+      ? { key: await this.imageKey(step.fromImage.image), layers: await this.imageLayers(step.fromImage.image) }
+      : undefined;
 
-    const built = await this.jobs.run(async () => {
+    return this.jobs.run(async () => {
       if (this.opts.signal?.aborted || this.firstError) throw new Skipped();
       const startMs = this.now();
       this.emit({ type: 'step-start', image: image.name, step: step.id, atMs: startMs });
       try {
-        const sourceRoot =
-          sourceKey === undefined
-            ? this.spec.context
-            : await this.snapshots.materialize(sourceKey, () => this.imageLayers(step.fromImage!.image));
-        const done = await this.buildOrReuse(image, step, parent, sourceRoot, startMs);
-        this.finish(done.result);
-        return done;
+        const sourceRoot = source ? await this.snapshots.materialize(source.key, source.layers) : this.spec.context;
+        const selections = await copySelections(step, sourceRoot);
+        const material = copyMaterial(step, await copyInputs(step, selections, this.hasher), parent);
+        const key = await stepKey(material);
+        keyed(below.then((b) => chainKey(b, key)));
+        const done = await this.reuseOrBuild(image, step, key, material, selections, startMs);
+        this.finish(done);
+        return done.layer;
       } catch (err) {
         const error = asUserError(err, image, step);
         this.firstError ??= error;
@@ -155,28 +168,25 @@ class BuildRun {
         throw new Skipped();
       }
     });
-    return { key: built.key, layer: built.layer, chain: await chainKey(await below, built.key) };
   }
 
-  private async buildOrReuse(
+  private async reuseOrBuild(
     image: ImageSpec,
     step: CopyStep,
-    parent: string | null,
-    sourceRoot: string,
+    key: string,
+    material: KeyMaterial,
+    selections: Selection[],
     startMs: number,
-  ): Promise<{ key: string; layer: LayerRef | null; result: StepResult }> {
-    const selections = await copySelections(step, sourceRoot);
-    const material = copyMaterial(step, await copyInputs(step, selections, this.hasher), parent);
-    const key = await stepKey(material);
+  ): Promise<StepResult> {
     const twin = this.building.get(key);
     if (twin) {
       const layer = await twin.layer;
-      return { key, layer, result: this.stepResult(image, step, 'hit', `same as ${twin.by}, built in this run`, key, startMs, layer, 0) };
+      return this.stepResult(image, step, 'hit', `same as ${twin.by}, built in this run`, key, startMs, layer, 0);
     }
     const flight = this.lookupOrBuild(image, step, key, material, selections);
     this.building.set(key, { by: `${image.name}/${step.id}`, layer: flight.then((f) => f.layer) });
     const f = await flight;
-    return { key, layer: f.layer, result: this.stepResult(image, step, f.status, f.reason, key, startMs, f.layer, f.savedMs) };
+    return this.stepResult(image, step, f.status, f.reason, key, startMs, f.layer, f.savedMs);
   }
 
   private async lookupOrBuild(
@@ -221,8 +231,7 @@ class BuildRun {
   /** Key of what a step sits on: its needs' chains, or its image's base. */
   private async belowOf(image: ImageSpec, step: CopyStep): Promise<string> {
     if (step.needs.length === 0) return this.baseKey(image);
-    const chains = await Promise.all(step.needs.map(async (n) => (await this.outcome(image.name, n)).chain));
-    return belowKey(chains);
+    return belowKey(await Promise.all(step.needs.map((n) => this.task(image.name, n).chain)));
   }
 
   private baseKey(image: ImageSpec): Promise<string> {
@@ -236,7 +245,7 @@ class BuildRun {
       const image = this.imageSpec(name);
       p = (async () => {
         const base = await this.baseKey(image);
-        const chains = await Promise.all(this.layerOrder.get(name)!.map(async (s) => (await this.outcome(name, s.id)).chain));
+        const chains = await Promise.all(this.layerOrder.get(name)!.map((s) => this.task(name, s.id).chain));
         return hashValue(['image', base, ...chains]);
       })();
       this.imageKeys.set(name, p);
@@ -247,12 +256,12 @@ class BuildRun {
   private async imageLayers(name: string): Promise<LayerRef[]> {
     const image = this.imageSpec(name);
     const base = image.from.kind === 'image' ? await this.imageLayers(image.from.image) : [];
-    const own = await Promise.all(this.layerOrder.get(name)!.map(async (s) => (await this.outcome(name, s.id)).layer));
+    const own = await Promise.all(this.layerOrder.get(name)!.map((s) => this.task(name, s.id).layer));
     return [...base, ...own.filter((l): l is LayerRef => l !== null)];
   }
 
-  private outcome(image: string, step: string): Promise<StepOutcome> {
-    return this.outcomes.get(nodeId(image, step))!;
+  private task(image: string, step: string): StepTask {
+    return this.tasks.get(nodeId(image, step))!;
   }
 
   private imageSpec(name: string): ImageSpec {

@@ -20,7 +20,7 @@ export class SnapshotCache {
     private readonly store: ContentStore,
   ) {}
 
-  materialize(imageKey: string, layers: () => Promise<LayerRef[]>): Promise<string> {
+  materialize(imageKey: string, layers: LayerRef[]): Promise<string> {
     let p = this.inflight.get(imageKey);
     if (!p) {
       p = this.unpack(imageKey, layers);
@@ -29,13 +29,13 @@ export class SnapshotCache {
     return p;
   }
 
-  private async unpack(imageKey: string, layers: () => Promise<LayerRef[]>): Promise<string> {
+  private async unpack(imageKey: string, layers: LayerRef[]): Promise<string> {
     const dir = path.join(this.cacheDir, 'snapshots', imageKey);
     if (await access(dir).then(() => true, () => false)) return dir;
     const tmp = path.join(this.cacheDir, 'snapshots', `.tmp-${imageKey}-${randomBytes(4).toString('hex')}`);
     await mkdir(tmp, { recursive: true });
     try {
-      for (const layer of await layers()) {
+      for (const layer of layers) {
         const { diffId } = await applyLayer(this.store.read(layer.digest), tmp);
         if (diffId !== layer.diffId) {
           throw new CacheCorruptError(`layer ${layer.digest} unpacked to diffID ${diffId}, expected ${layer.diffId}`);

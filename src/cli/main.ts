@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { runBuild, type BuildResult } from '../build/run-build.js';
 import { loadBuildFile } from '../config/load.js';
+import { displayPath } from '../config/positions.js';
 import { validateSources } from '../build/validate-sources.js';
 import { buildGraph } from '../graph/build-graph.js';
 import { ConfigError, LayergraphError, UsageError, formatIssue } from '../errors.js';
@@ -50,7 +51,7 @@ async function dispatch(args: ParsedArgs, io: CliIo): Promise<number> {
       buildGraph(spec);
       await validateSources(spec);
       const steps = spec.images.reduce((n, img) => n + img.steps.length, 0);
-      io.stdout.write(`${path.relative(io.cwd, spec.file) || spec.file}: ok (${spec.images.length} images, ${steps} steps)\n`);
+      io.stdout.write(`${displayPath(spec.file)}: ok (${spec.images.length} images, ${steps} steps)\n`);
       return EXIT.ok;
     }
     case 'run':
