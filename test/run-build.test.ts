@@ -1,0 +1,176 @@
+/**
+ * The engine through its public API, on small build files written per test:
+ * what ends up in the configs, manifests and layer tars.
+ */
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { createGunzip } from 'node:zlib';
+import { Readable } from 'node:stream';
+import { extract } from 'tar-stream';
+import { describe, expect, it } from 'vitest';
+import { parseBuildFile, runBuild, type BuildResult } from '../src/index.js';
+import { makeTree, useTmpDirs, type TreeSpec } from './helpers/tmp.js';
+
+const tmpDir = useTmpDirs();
+
+async function build(yaml: string, tree: TreeSpec, opts: { targets?: string[]; epoch?: number; dir?: string } = {}): Promise<{ result: BuildResult; dir: string }> {
+  const dir = opts.dir ?? (await tmpDir());
+  await makeTree(dir, { ...tree, 'build.yaml': yaml });
+  const spec = parseBuildFile(yaml, path.join(dir, 'build.yaml'));
+  const result = await runBuild(spec, {
+    cacheDir: path.join(dir, 'cache'),
+    outDir: path.join(dir, 'out'),
+    targets: opts.targets ?? [],
+    jobs: 4,
+    sourceDateEpoch: opts.epoch ?? 0,
+  });
+  if (result.error) throw result.error;
+  return { result, dir };
+}
+
+async function blobJson<T>(dir: string, digest: string): Promise<T> {
+  return JSON.parse(await readFile(path.join(dir, 'out', 'blobs', 'sha256', digest.slice(7)), 'utf8')) as T;
+}
+
+interface Manifest {
+  config: { digest: string };
+  layers: Array<{ digest: string; mediaType: string }>;
+}
+interface Config {
+  created: string;
+  architecture: string;
+  os: string;
+  variant?: string;
+  config: Record<string, unknown>;
+  rootfs: { diff_ids: string[] };
+  history: Array<{ created_by: string; empty_layer?: boolean }>;
+}
+
+async function imageOf(dir: string, result: BuildResult, name: string): Promise<{ manifest: Manifest; config: Config }> {
+  const img = result.images.find((i) => i.name === name)!;
+  const manifest = await blobJson<Manifest>(dir, img.manifestDigest);
+  return { manifest, config: await blobJson<Config>(dir, manifest.config.digest) };
+}
+
+async function tarEntries(dir: string, digest: string): Promise<Array<{ name: string; uid: number; gid: number; mode: number; mtime: number; type: string }>> {
+  const bytes = await readFile(path.join(dir, 'out', 'blobs', 'sha256', digest.slice(7)));
+  const ex = extract();
+  const out: Array<{ name: string; uid: number; gid: number; mode: number; mtime: number; type: string }> = [];
+  Readable.from([bytes]).pipe(createGunzip()).pipe(ex as unknown as NodeJS.WritableStream);
+  for await (const entry of ex) {
+    const h = entry.header;
+    out.push({ name: h.name, uid: h.uid ?? -1, gid: h.gid ?? -1, mode: (h.mode ?? 0) & 0o7777, mtime: (h.mtime?.getTime() ?? -1) / 1000, type: h.type ?? '' });
+    entry.resume();
+  }
+  return out;
+}
+
+describe('runBuild', () => {
+  it('records a step that writes nothing as an empty layer in the history', async () => {
+    const { result, dir } = await build(
+      `version: 1\nimages:\n  a:\n    steps:\n      - id: nothing\n        copy: empty/\n        to: /\n      - id: file\n        copy: f.txt\n        to: /f.txt\n`,
+      { empty: { dir: {} }, 'f.txt': 'x' },
+    );
+    expect(result.steps.map((s) => [s.step, s.layer === null])).toEqual([['nothing', true], ['file', false]]);
+    const { manifest, config } = await imageOf(dir, result, 'a');
+    expect(manifest.layers).toHaveLength(1);
+    expect(config.rootfs.diff_ids).toHaveLength(1);
+    expect(config.history.map((h) => h.empty_layer ?? false)).toEqual([true, false]);
+  });
+
+  it('inherits config from a base image of the file, Docker style', async () => {
+    const yaml = `version: 1
+images:
+  base:
+    env: {A: "1", B: "2"}
+    cmd: [serve]
+    labels: {team: core}
+    expose: [80]
+    steps:
+      - {id: f, copy: f.txt, to: /f.txt}
+  child:
+    from: base
+    env: {B: "3", C: "4"}
+    entrypoint: [/bin/app]
+    labels: {tier: web}
+    expose: ["53/udp"]
+    steps:
+      - {id: g, copy: f.txt, to: /g.txt}
+`;
+    const { result, dir } = await build(yaml, { 'f.txt': 'x' });
+    const { manifest, config } = await imageOf(dir, result, 'child');
+    expect(config.config).toEqual({
+      ExposedPorts: { '53/udp': {}, '80/tcp': {} },
+      Env: ['A=1', 'B=3', 'C=4'],
+      Entrypoint: ['/bin/app'],
+      Labels: { team: 'core', tier: 'web' },
+    });
+    expect(manifest.layers).toHaveLength(2);
+    expect(manifest.layers[0]!.digest).toBe(result.images.find((i) => i.name === 'base')!.layers[0]!.digest);
+    expect(config.history).toHaveLength(2);
+  });
+
+  it('writes owners from chown, modes from the source or chmod, and the SOURCE_DATE_EPOCH mtime', async () => {
+    const yaml = `version: 1
+images:
+  a:
+    steps:
+      - {id: owned, copy: bin/, to: /opt/bin/, chown: "1000:2000"}
+      - {id: plain, copy: bin/, to: /usr/bin/, chmod: "0700"}
+`;
+    const { result, dir } = await build(yaml, { bin: { dir: { tool: { file: 'x', mode: 0o755 }, data: { file: 'y', mode: 0o640 } } } }, { epoch: 1700000000 });
+    const [owned, plain] = result.steps.map((s) => s.layer!.digest);
+    expect(await tarEntries(dir, owned!)).toEqual([
+      { name: 'opt/', uid: 1000, gid: 2000, mode: 0o755, mtime: 1700000000, type: 'directory' },
+      { name: 'opt/bin/', uid: 1000, gid: 2000, mode: 0o755, mtime: 1700000000, type: 'directory' },
+      { name: 'opt/bin/data', uid: 1000, gid: 2000, mode: 0o640, mtime: 1700000000, type: 'file' },
+      { name: 'opt/bin/tool', uid: 1000, gid: 2000, mode: 0o755, mtime: 1700000000, type: 'file' },
+    ]);
+    expect((await tarEntries(dir, plain!)).map((e) => [e.name, e.uid, e.mode.toString(8)])).toEqual([
+      ['usr/', 0, '755'],
+      ['usr/bin/', 0, '700'],
+      ['usr/bin/data', 0, '700'],
+      ['usr/bin/tool', 0, '700'],
+    ]);
+    const { config } = await imageOf(dir, result, 'a');
+    expect(config.created).toBe('2023-11-14T22:13:20Z');
+  });
+
+  it('writes only the targets, building what they need', async () => {
+    const yaml = `version: 1
+images:
+  base: {steps: [{id: f, copy: f.txt, to: /f.txt}]}
+  app: {from: base, steps: [{id: g, copy: f.txt, to: /g.txt}]}
+  other: {steps: [{id: h, copy: f.txt, to: /h.txt}]}
+`;
+    const { result, dir } = await build(yaml, { 'f.txt': 'x' }, { targets: ['app'] });
+    expect(result.steps.map((s) => `${s.image}/${s.step}`)).toEqual(['base/f', 'app/g']);
+    const index = JSON.parse(await readFile(path.join(dir, 'out', 'index.json'), 'utf8')) as { manifests: Array<{ annotations: Record<string, string> }> };
+    expect(index.manifests.map((m) => m.annotations['org.opencontainers.image.ref.name'])).toEqual(['app']);
+  });
+
+  it('copies out of another image, resolving its symlinks inside that image', async () => {
+    const yaml = `version: 1
+images:
+  builder:
+    steps:
+      - {id: dist, copy: dist/, to: /srv/v2/}
+      - {id: link, copy: links/, to: /srv/}
+  app:
+    steps:
+      - {id: assets, from: builder, copy: /srv/current/app.js, to: /app/app.js}
+`;
+    const { result, dir } = await build(yaml, { dist: { dir: { 'app.js': 'console.log(1)' } }, links: { dir: { current: { link: '/srv/v2' } } } });
+    expect(result.steps.find((s) => s.step === 'assets')!.status).toBe('miss');
+    const entries = await tarEntries(dir, result.steps.find((s) => s.step === 'assets')!.layer!.digest);
+    expect(entries.map((e) => e.name)).toEqual(['app/', 'app/app.js']);
+  });
+
+  it('sets the platform the file asks for', async () => {
+    const { result, dir } = await build(`version: 1\nimages:\n  a:\n    platform: linux/arm64/v8\n    steps: [{id: f, copy: f.txt, to: /f}]\n`, { 'f.txt': 'x' });
+    const { config } = await imageOf(dir, result, 'a');
+    expect([config.os, config.architecture, config.variant]).toEqual(['linux', 'arm64', 'v8']);
+    const index = JSON.parse(await readFile(path.join(dir, 'out', 'index.json'), 'utf8')) as { manifests: Array<{ platform: unknown }> };
+    expect(index.manifests[0]!.platform).toEqual({ os: 'linux', architecture: 'arm64', variant: 'v8' });
+  });
+});
