@@ -1,8 +1,8 @@
-import { lstat, mkdir, readdir, readFile, readlink } from 'node:fs/promises';
+import { lstat, mkdir, readdir, readFile, readlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { selectSources, type Selection } from '../src/context/select.js';
-import { CopyDestinationError, writeCopy } from '../src/exec/copy-step.js';
+import { CopyDestinationError, InputChangedError, planCopy, type CopyPlan, type CopyTarget } from '../src/exec/copy-step.js';
 import { listAll, makeTree, useTmpDirs } from './helpers/tmp.js';
 
 const tmpDir = useTmpDirs();
@@ -65,8 +65,20 @@ async function setup(): Promise<Env> {
   };
 }
 
+const plans = new Map<string, CopyPlan>();
+
+/** Plan on nothing below, then write; modes are the plan's (the upper on disk stays 0700/0600 for us). */
+async function writeCopy(upper: string, selections: Selection[], target: Omit<CopyTarget, 'chown'>): Promise<CopyPlan> {
+  const plan = planCopy(selections, { ...target, chown: undefined }, new Map());
+  await plan.write(upper);
+  plans.set(upper, plan);
+  return plan;
+}
+
 async function modeOf(p: string): Promise<number> {
-  return (await lstat(p)).mode & 0o7777;
+  await lstat(p); // it must exist on disk too
+  for (const [upper, plan] of plans) if (p.startsWith(`${upper}/`)) return plan.meta(path.relative(upper, p)).mode;
+  throw new Error(`${p} is in no planned upper`);
 }
 
 const text = (p: string): Promise<string> => readFile(p, 'utf8');
@@ -262,5 +274,34 @@ describe('writeCopy: symlinks', () => {
       expect((await lstat(p)).isSymbolicLink(), name).toBe(true);
       expect(await readlink(p), name).toBe(target);
     }
+  });
+});
+
+describe('planCopy: what is below', () => {
+  it('keeps the mode and owner a passed-through directory has below; new ones get 0755 and the step owner', async () => {
+    const { upper, select } = await setup();
+    const below = new Map([['app', { mode: 0o750, uid: 1000, gid: 1000 }]]);
+    const plan = planCopy(await select('x.txt'), { to: '/app/conf/x.txt', chmod: undefined, chown: { uid: 7, gid: 8 } }, below);
+    await plan.write(upper);
+    expect(plan.meta('app')).toEqual({ kind: 'dir', mode: 0o750, uid: 1000, gid: 1000 });
+    expect(plan.meta('app/conf')).toEqual({ kind: 'dir', mode: 0o755, uid: 7, gid: 8 });
+    expect(plan.meta('app/conf/x.txt')).toMatchObject({ kind: 'file', mode: 0o644, uid: 7, gid: 8 });
+    expect([...plan.dirs().keys()]).toEqual(['app', 'app/conf']);
+  });
+
+  it('refuses a `to` that climbs out of the image root', async () => {
+    const { select } = await setup();
+    expect(() => planCopy([], { to: '/../../etc/', chmod: undefined, chown: undefined }, new Map())).toThrow(CopyDestinationError);
+    const one = await select('x.txt');
+    expect(() => planCopy(one, { to: '/a/../../x', chmod: undefined, chown: undefined }, new Map())).toThrow(/leave the image root/);
+  });
+
+  it('fails when an input changes between hashing and copying', async () => {
+    const { ctx, upper, select } = await setup();
+    const selections = await select('x.txt');
+    await new Promise((r) => setTimeout(r, 20));
+    await writeFile(path.join(ctx, 'x.txt'), 'changed after it was hashed\n');
+    const plan = planCopy(selections, { to: '/x.txt', chmod: undefined, chown: undefined }, new Map());
+    await expect(plan.write(upper)).rejects.toThrow(InputChangedError);
   });
 });

@@ -173,4 +173,40 @@ images:
     const index = JSON.parse(await readFile(path.join(dir, 'out', 'index.json'), 'utf8')) as { manifests: Array<{ platform: unknown }> };
     expect(index.manifests[0]!.platform).toEqual({ os: 'linux', architecture: 'arm64', variant: 'v8' });
   });
+
+  it('keeps a linked step cached when what is below it changes, and rebuilds the non-linked step above it', async () => {
+    const yaml = `version: 1
+images:
+  a:
+    steps:
+      - {id: base, copy: one.txt, to: /one.txt}
+      - {id: linked, copy: two.txt, to: /two.txt, link: true}
+      - {id: top, copy: three.txt, to: /three.txt}
+`;
+    const tree = { 'one.txt': '1', 'two.txt': '2', 'three.txt': '3' };
+    const { dir } = await build(yaml, tree);
+    const { result } = await build(yaml, { ...tree, 'one.txt': 'changed' }, { dir });
+    expect(result.steps.map((s) => [s.step, s.status, s.reason])).toEqual([
+      ['base', 'miss', 'input one.txt changed'],
+      ['linked', 'hit', ''],
+      ['top', 'miss', 'parent layer changed'],
+    ]);
+  });
+
+  it('keeps the owner and mode of a directory an earlier step made when a later step copies into it', async () => {
+    const yaml = `version: 1
+images:
+  a:
+    steps:
+      - {id: app, copy: src/, to: /app/, chown: "1000:1000", chmod: "0750"}
+      - {id: conf, copy: app.conf, to: /app/etc/app.conf}
+`;
+    const { result, dir } = await build(yaml, { src: { dir: { 'main.js': 'x' } }, 'app.conf': 'c' });
+    const conf = await tarEntries(dir, result.steps[1]!.layer!.digest);
+    expect(conf.map((e) => [e.name, e.uid, e.mode.toString(8)])).toEqual([
+      ['app/', 1000, '750'],
+      ['app/etc/', 0, '755'],
+      ['app/etc/app.conf', 0, '644'],
+    ]);
+  });
 });

@@ -2,6 +2,7 @@
  * What a copy step reads, and the key material made of it. Kept apart from
  * the executor so `plan` can key a step without building it.
  */
+import path from 'node:path';
 import type { CopyStep } from '../config/types.js';
 import type { FileHasher } from '../context/file-hasher.js';
 import { selectSources, type Selection } from '../context/select.js';
@@ -29,20 +30,33 @@ export async function copyInputs(step: CopyStep, selections: Selection[], hasher
   return inputs;
 }
 
-export function copyMaterial(step: CopyStep, inputs: InputFile[], parent: string | null): KeyMaterial {
+export function copyMaterial(step: CopyStep, inputs: InputFile[], parent: string | null, sourceDateEpoch: number): KeyMaterial {
   return {
     kind: COPY_KIND,
     definition: {
-      copy: step.sources,
-      to: step.to,
+      // Spelling is not meaning: `./src//` and `src` copy the same files.
+      copy: step.sources.map(normalizeSource),
+      to: normalizeDest(step.to),
       from: step.fromImage?.image,
       link: step.link,
       chmod: step.chmod,
       chown: step.chown,
+      // Stamped into every tar entry, so it is part of what the layer is.
+      sourceDateEpoch,
     },
     inputs,
     parent,
   };
+}
+
+function normalizeSource(source: string): string {
+  const lead = source.startsWith('/') ? '/' : '';
+  return lead + (path.posix.normalize(source).replace(/^\/+|\/+$/g, '') || '.');
+}
+
+function normalizeDest(to: string): string {
+  const n = path.posix.normalize(to);
+  return to.endsWith('/') && !n.endsWith('/') ? `${n}/` : n;
 }
 
 /** The step as a Dockerfile line, for image history and `docker history`. */

@@ -4,12 +4,13 @@
  *
  * Every step starts as a task at once and waits for what it needs (BuildKit's
  * model: a vertex is keyed before it runs, and a cached vertex never runs).
- * A step has two phases. Its *key* needs the keys of the steps below it
- * (unless it is linked), never their layers. Its *build* needs no layer below
- * it either — a copy never reads the filesystem it lands on — so a chain of
- * copy steps builds in parallel as soon as each key is known. Only `copy …
- * from:` waits for layers: those of the image it reads. `--jobs` bounds the
- * work in flight, not the waiting.
+ * A step has two phases. Its *key* needs what the steps below it publish when
+ * they are keyed — their chain keys and the directories they leave — never
+ * their layers. Its *build* needs no layer below it either (a copy never
+ * reads file contents from the filesystem it lands on), so a chain of copy
+ * steps builds in parallel as soon as each key is known. Only `copy … from:`
+ * waits for layers: those of the image it reads. `--jobs` bounds the work in
+ * flight, not the waiting.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
@@ -20,17 +21,17 @@ import { belowKey, chainKey, stepKey, type KeyMaterial } from '../cache/step-key
 import { StepRecords, type LayerRef } from '../cache/step-records.js';
 import type { BuildSpec, CopyStep, ImageSpec } from '../config/types.js';
 import { ContentHasher } from '../context/file-hasher.js';
-import type { Selection } from '../context/select.js';
 import { ConfigError, LayergraphError, StepError } from '../errors.js';
-import { CopyDestinationError, writeCopy } from '../exec/copy-step.js';
+import { CopyDestinationError, mergeDirs, planCopy, type CopyPlan, type DirMeta } from '../exec/copy-step.js';
 import { buildGraph, imagesFor, nodeId } from '../graph/build-graph.js';
-import { isEmptyTree, packLayer } from '../oci/layer-pack.js';
+import { packLayer } from '../oci/layer-pack.js';
 import { hashValue } from '../util/xxhash.js';
 import { assembleImages, type BuiltImage } from './assemble.js';
 import { copyInputs, copyMaterial, copySelections } from './copy-inputs.js';
 import type { BuildEvent, StepResult } from './events.js';
 import { Semaphore } from './semaphore.js';
 import { SnapshotCache } from './snapshots.js';
+import { sweepStale } from './sweep.js';
 
 export interface BuildOptions {
   cacheDir: string;
@@ -55,9 +56,18 @@ export interface BuildResult {
   error?: Error;
 }
 
+/** What a step publishes once it is keyed: enough for the steps above it to be keyed too. */
+interface Keyed {
+  /** Key of the filesystem with this step applied on what it sits on. */
+  chain: string;
+  /** Directories of that filesystem. */
+  dirs: DirMeta;
+  /** Directories of this step's own layer. */
+  ownDirs: DirMeta;
+}
+
 interface StepTask {
-  /** Settles once the step is keyed: the key of the filesystem with this step applied. */
-  chain: Promise<string>;
+  keyed: Promise<Keyed>;
   /** Settles once the step's layer is in the store (null: the step wrote nothing). */
   layer: Promise<LayerRef | null>;
 }
@@ -66,8 +76,7 @@ interface StepTask {
 class Skipped extends Error {}
 
 export async function runBuild(spec: BuildSpec, opts: BuildOptions): Promise<BuildResult> {
-  const run = new BuildRun(spec, opts);
-  return run.execute();
+  return new BuildRun(spec, opts).execute();
 }
 
 class BuildRun {
@@ -82,10 +91,10 @@ class BuildRun {
   private readonly tmpRoot: string;
   private readonly results = new Map<string, StepResult>();
   private readonly tasks = new Map<string, StepTask>();
-  private readonly imageKeys = new Map<string, Promise<string>>();
+  private readonly imageKeys = new Map<string, Promise<{ key: string; dirs: DirMeta }>>();
   /** One flight per key: steps with the same key in one run (a shared linked step) build once. */
-  private readonly building = new Map<string, { by: string; layer: Promise<LayerRef | null> }>();
-  private firstError: Error | undefined;
+  private readonly flights = new Map<string, { by: string; done: Promise<Flight> }>();
+  private firstError: { error: Error; by: string } | undefined;
 
   constructor(
     private readonly spec: BuildSpec,
@@ -101,20 +110,28 @@ class BuildRun {
   }
 
   async execute(): Promise<BuildResult> {
+    await sweepStale(this.opts.cacheDir);
     await mkdir(this.tmpRoot, { recursive: true });
     this.emit({ type: 'plan', steps: this.images.flatMap((img) => img.steps.map((s) => ({ image: img.name, step: s.id }))) });
     try {
+      // Every task exists before any starts: a step may need one declared after it.
+      const starts: Array<() => void> = [];
       for (const image of this.images) {
-        for (const step of image.steps) this.tasks.set(nodeId(image.name, step.id), this.startStep(image, step));
+        for (const step of image.steps) {
+          const { task, start } = this.prepareStep(image, step);
+          this.tasks.set(nodeId(image.name, step.id), task);
+          starts.push(start);
+        }
       }
-      await Promise.allSettled([...this.tasks.values()].flatMap((t) => [t.chain, t.layer]));
+      starts.forEach((start) => start());
+      await Promise.allSettled([...this.tasks.values()].flatMap((t) => [t.keyed, t.layer]));
     } finally {
       await rm(this.tmpRoot, { recursive: true, force: true });
     }
     this.reportSkipped();
     const steps = this.images.flatMap((img) => img.steps.map((s) => this.results.get(nodeId(img.name, s.id))!));
-    if (!this.firstError && this.opts.signal?.aborted) this.firstError = new LayergraphError('STEP_FAILED', 'build interrupted');
-    if (this.firstError) return { images: [], steps, durationMs: this.now(), error: this.firstError };
+    const error = this.firstError?.error ?? (this.opts.signal?.aborted ? new LayergraphError('STEP_FAILED', 'build interrupted') : undefined);
+    if (error) return { images: [], steps, durationMs: this.now(), error };
 
     const outputs = this.opts.targets.length ? this.images.filter((i) => this.opts.targets.includes(i.name)) : this.images;
     const images = await assembleImages({
@@ -129,76 +146,81 @@ class BuildRun {
     return { images, steps, durationMs: this.now() };
   }
 
-  private startStep(image: ImageSpec, step: CopyStep): StepTask {
-    let keyed!: (chain: Promise<string>) => void;
-    const chain = new Promise<string>((resolve) => (keyed = resolve));
-    const layer = this.runStep(image, step, keyed);
-    // A step that fails or is skipped before it is keyed leaves its chain to fail the same way.
-    layer.catch((err: unknown) => keyed(Promise.reject(err)));
-    chain.catch(() => undefined);
-    return { chain, layer };
+  private prepareStep(image: ImageSpec, step: CopyStep): { task: StepTask; start: () => void } {
+    let publish!: (keyed: Promise<Keyed>) => void;
+    const keyed = new Promise<Keyed>((resolve) => (publish = resolve));
+    let run!: () => void;
+    const layer = new Promise<LayerRef | null>((resolve, reject) => {
+      run = () => this.runStep(image, step, publish).then(resolve, reject);
+    });
+    // A step that stops before it is keyed leaves its key to fail the same way.
+    layer.catch((err: unknown) => publish(Promise.reject(err)));
+    keyed.catch(() => undefined);
+    return { task: { keyed, layer }, start: run };
   }
 
-  private async runStep(image: ImageSpec, step: CopyStep, keyed: (chain: Promise<string>) => void): Promise<LayerRef | null> {
+  private async runStep(image: ImageSpec, step: CopyStep, publish: (keyed: Promise<Keyed>) => void): Promise<LayerRef | null> {
     const below = this.belowOf(image, step);
     below.catch(() => undefined);
-    const parent = step.link ? null : await below;
-    // Wait for the source image's layers outside the job slots: they may need those slots to be built.
-    const source = step.fromImage
-      ? { key: await this.imageKey(step.fromImage.image), layers: await this.imageLayers(step.fromImage.image) }
-      : undefined;
+    let startMs = this.now();
+    try {
+      const parent = step.link ? undefined : await below;
+      // Wait for the source image's layers outside the job slots: they may need those slots to be built.
+      const source = step.fromImage
+        ? { key: (await this.imageKeyed(step.fromImage.image)).key, layers: await this.imageLayers(step.fromImage.image) }
+        : undefined;
 
-    return this.jobs.run(async () => {
-      if (this.opts.signal?.aborted || this.firstError) throw new Skipped();
-      const startMs = this.now();
-      this.emit({ type: 'step-start', image: image.name, step: step.id, atMs: startMs });
-      try {
+      return await this.jobs.run(async () => {
+        if (this.opts.signal?.aborted || this.firstError) throw new Skipped();
+        startMs = this.now();
+        this.emit({ type: 'step-start', image: image.name, step: step.id, atMs: startMs });
         const sourceRoot = source ? await this.snapshots.materialize(source.key, source.layers) : this.spec.context;
         const selections = await copySelections(step, sourceRoot);
-        const material = copyMaterial(step, await copyInputs(step, selections, this.hasher), parent);
+        const plan = planCopy(selections, step, parent?.dirs ?? new Map());
+        const material = copyMaterial(step, await copyInputs(step, selections, this.hasher), parent?.chain ?? null, this.opts.sourceDateEpoch);
         const key = await stepKey(material);
-        keyed(below.then((b) => chainKey(b, key)));
-        const done = await this.reuseOrBuild(image, step, key, material, selections, startMs);
-        this.finish(done);
-        return done.layer;
-      } catch (err) {
-        const error = asUserError(err, image, step);
-        this.firstError ??= error;
-        this.finish(this.stepResult(image, step, 'failed', error.message, '', startMs, null, 0));
-        throw new Skipped();
-      }
-    });
+        const ownDirs = plan.dirs();
+        publish(below.then(async (b) => ({ chain: await chainKey(b.chain, key), dirs: mergeDirs(b.dirs, ownDirs), ownDirs })));
+        const result = await this.reuseOrBuild(image, step, key, material, plan, startMs);
+        this.finish(result);
+        return result.layer;
+      });
+    } catch (err) {
+      if (err instanceof Skipped) throw err;
+      const error = asUserError(err, image, step);
+      this.firstError ??= { error, by: `${image.name}/${step.id}` };
+      this.finish(this.result(image, step, { status: 'failed', reason: error.message, startMs }));
+      throw new Skipped();
+    }
   }
 
+  /** Reuse the cache, or build; a second step with the same key in this run shares the first one's flight. */
   private async reuseOrBuild(
     image: ImageSpec,
     step: CopyStep,
     key: string,
     material: KeyMaterial,
-    selections: Selection[],
+    plan: CopyPlan,
     startMs: number,
   ): Promise<StepResult> {
-    const twin = this.building.get(key);
+    const twin = this.flights.get(key);
     if (twin) {
-      const layer = await twin.layer;
-      return this.stepResult(image, step, 'hit', `same as ${twin.by}, built in this run`, key, startMs, layer, 0);
+      const f = await twin.done;
+      await this.records.setLast(image.name, step.id, key);
+      const reason = f.status === 'miss' ? `${f.reason} (built once for ${twin.by})` : f.reason;
+      return this.result(image, step, { ...f, reason, key, startMs });
     }
-    const flight = this.lookupOrBuild(image, step, key, material, selections);
-    this.building.set(key, { by: `${image.name}/${step.id}`, layer: flight.then((f) => f.layer) });
-    const f = await flight;
-    return this.stepResult(image, step, f.status, f.reason, key, startMs, f.layer, f.savedMs);
+    const done = this.lookupOrBuild(image, step, key, material, plan);
+    done.catch(() => undefined);
+    this.flights.set(key, { by: `${image.name}/${step.id}`, done });
+    return this.result(image, step, { ...(await done), key, startMs });
   }
 
-  private async lookupOrBuild(
-    image: ImageSpec,
-    step: CopyStep,
-    key: string,
-    material: KeyMaterial,
-    selections: Selection[],
-  ): Promise<{ status: 'hit' | 'miss'; reason: string; layer: LayerRef | null; savedMs: number }> {
+  private async lookupOrBuild(image: ImageSpec, step: CopyStep, key: string, material: KeyMaterial, plan: CopyPlan): Promise<Flight> {
     const cached = await this.records.get(key);
     let reason: string;
     if (cached && (cached.layer === null || (await this.store.verify(cached.layer.digest)))) {
+      await this.records.setLast(image.name, step.id, key);
       return { status: 'hit', reason: '', layer: cached.layer, savedMs: cached.buildMs };
     } else if (cached) {
       reason = 'cached layer failed its digest check';
@@ -207,20 +229,23 @@ class BuildRun {
       reason = explainMiss((await this.records.lastFor(image.name, step.id))?.material, material);
     }
     const t = performance.now();
-    const layer = await this.buildCopyLayer(step, selections);
+    const layer = await this.buildLayer(plan);
     const buildMs = Math.round(performance.now() - t);
     await this.records.put({ recordVersion: 1, key, image: image.name, step: step.id, material, layer, buildMs });
     return { status: 'miss', reason, layer, savedMs: 0 };
   }
 
-  private async buildCopyLayer(step: CopyStep, selections: Selection[]): Promise<LayerRef | null> {
+  private async buildLayer(plan: CopyPlan): Promise<LayerRef | null> {
+    if (plan.isEmpty) return null;
     const upper = path.join(this.tmpRoot, randomBytes(6).toString('hex'));
     await mkdir(upper);
     try {
-      await writeCopy(upper, selections, step);
-      if (await isEmptyTree(upper)) return null;
-      const owner = step.chown ?? { uid: 0, gid: 0 };
-      const packed = packLayer(upper, { mtime: this.opts.sourceDateEpoch, owner: () => owner });
+      await plan.write(upper);
+      const packed = packLayer(upper, {
+        mtime: this.opts.sourceDateEpoch,
+        owner: (rel) => plan.meta(rel),
+        mode: (rel) => plan.meta(rel).mode,
+      });
       const blob = await this.store.ingest(packed.stream);
       return { digest: blob.digest, size: blob.size, diffId: await packed.diffId };
     } finally {
@@ -228,25 +253,31 @@ class BuildRun {
     }
   }
 
-  /** Key of what a step sits on: its needs' chains, or its image's base. */
-  private async belowOf(image: ImageSpec, step: CopyStep): Promise<string> {
-    if (step.needs.length === 0) return this.baseKey(image);
-    return belowKey(await Promise.all(step.needs.map((n) => this.task(image.name, n).chain)));
+  /** What a step sits on: its needs (in layer order), or its image's base. */
+  private async belowOf(image: ImageSpec, step: CopyStep): Promise<{ chain: string; dirs: DirMeta }> {
+    if (step.needs.length === 0) return this.baseOf(image);
+    const order = this.layerOrder.get(image.name)!.map((s) => s.id);
+    const needs = [...step.needs].sort((a, b) => order.indexOf(a) - order.indexOf(b));
+    const keyed = await Promise.all(needs.map((n) => this.task(image.name, n).keyed));
+    return { chain: await belowKey(keyed.map((k) => k.chain)), dirs: mergeDirs(...keyed.map((k) => k.dirs)) };
   }
 
-  private baseKey(image: ImageSpec): Promise<string> {
-    return image.from.kind === 'scratch' ? Promise.resolve('scratch') : this.imageKey(image.from.image);
+  private async baseOf(image: ImageSpec): Promise<{ chain: string; dirs: DirMeta }> {
+    if (image.from.kind === 'scratch') return { chain: 'scratch', dirs: new Map() };
+    const base = await this.imageKeyed(image.from.image);
+    return { chain: base.key, dirs: base.dirs };
   }
 
-  /** Key of a whole image: its base and every one of its layers, in order. */
-  private imageKey(name: string): Promise<string> {
+  /** Key and directories of a whole image: its base, then every one of its layers in order. */
+  private imageKeyed(name: string): Promise<{ key: string; dirs: DirMeta }> {
     let p = this.imageKeys.get(name);
     if (!p) {
-      const image = this.imageSpec(name);
+      const image = this.images.find((i) => i.name === name)!;
       p = (async () => {
-        const base = await this.baseKey(image);
-        const chains = await Promise.all(this.layerOrder.get(name)!.map((s) => this.task(name, s.id).chain));
-        return hashValue(['image', base, ...chains]);
+        const base = await this.baseOf(image);
+        const steps = await Promise.all(this.layerOrder.get(name)!.map((s) => this.task(name, s.id).keyed));
+        const key = await hashValue(['image', base.chain, ...steps.map((s) => s.chain)]);
+        return { key, dirs: mergeDirs(base.dirs, ...steps.map((s) => s.ownDirs)) };
       })();
       this.imageKeys.set(name, p);
     }
@@ -254,7 +285,7 @@ class BuildRun {
   }
 
   private async imageLayers(name: string): Promise<LayerRef[]> {
-    const image = this.imageSpec(name);
+    const image = this.images.find((i) => i.name === name)!;
     const base = image.from.kind === 'image' ? await this.imageLayers(image.from.image) : [];
     const own = await Promise.all(this.layerOrder.get(name)!.map((s) => this.task(name, s.id).layer));
     return [...base, ...own.filter((l): l is LayerRef => l !== null)];
@@ -264,32 +295,35 @@ class BuildRun {
     return this.tasks.get(nodeId(image, step))!;
   }
 
-  private imageSpec(name: string): ImageSpec {
-    return this.images.find((i) => i.name === name)!;
-  }
-
   private reportSkipped(): void {
-    const reason = this.opts.signal?.aborted ? 'build interrupted' : 'not built: a step it needs failed';
+    const reason = this.opts.signal?.aborted
+      ? 'build interrupted'
+      : `not built: the build stopped when ${this.firstError?.by ?? 'a step'} failed`;
     for (const image of this.images) {
       for (const step of image.steps) {
         if (!this.results.has(nodeId(image.name, step.id))) {
-          this.finish(this.stepResult(image, step, 'skipped', reason, '', this.now(), null, 0));
+          this.finish(this.result(image, step, { status: 'skipped', reason, startMs: this.now() }));
         }
       }
     }
   }
 
-  private stepResult(
+  private result(
     image: ImageSpec,
     step: CopyStep,
-    status: StepResult['status'],
-    reason: string,
-    key: string,
-    startMs: number,
-    layer: LayerRef | null,
-    savedMs: number,
+    r: { status: StepResult['status']; reason: string; startMs: number; key?: string; layer?: LayerRef | null; savedMs?: number },
   ): StepResult {
-    return { image: image.name, step: step.id, status, reason, key, startMs, durationMs: this.now() - startMs, layer, savedMs };
+    return {
+      image: image.name,
+      step: step.id,
+      status: r.status,
+      reason: r.reason,
+      key: r.key ?? '',
+      startMs: r.startMs,
+      durationMs: this.now() - r.startMs,
+      layer: r.layer ?? null,
+      savedMs: r.savedMs ?? 0,
+    };
   }
 
   private finish(result: StepResult): void {
@@ -304,6 +338,13 @@ class BuildRun {
   private now(): number {
     return Math.round(performance.now() - this.t0);
   }
+}
+
+interface Flight {
+  status: 'hit' | 'miss';
+  reason: string;
+  layer: LayerRef | null;
+  savedMs: number;
 }
 
 /** Errors a user can act on keep their kind; anything else becomes a step failure that names the step. */

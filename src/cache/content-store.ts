@@ -52,7 +52,8 @@ export class ContentStore {
   async ingest(source: Readable, expected?: string): Promise<BlobInfo> {
     const ingestDir = path.join(this.root, 'ingest');
     await mkdir(ingestDir, { recursive: true });
-    const staging = path.join(ingestDir, randomBytes(8).toString('hex'));
+    // The pid lets a later run tell a crashed writer's leftovers from a live one's.
+    const staging = path.join(ingestDir, `${process.pid}-${randomBytes(8).toString('hex')}`);
     const hash = createHash('sha256');
     let size = 0;
     const tap = new Transform({

@@ -42,7 +42,13 @@ export class StepRecords {
 
   async put(record: StepRecord): Promise<void> {
     await writeFileAtomic(path.join(this.root, 'records', `${record.key}.json`), JSON.stringify(record));
-    await writeFileAtomic(await this.namePath(record.image, record.step), JSON.stringify({ key: record.key }));
+    await this.setLast(record.image, record.step, record.key);
+  }
+
+  /** Remember `key` as this image/step's latest, so the next miss is compared with this run, hits included. */
+  async setLast(image: string, step: string, key: string): Promise<void> {
+    const file = await this.namePath(image, step);
+    if ((await readJson<{ key: string }>(file))?.key !== key) await writeFileAtomic(file, JSON.stringify({ key }));
   }
 
   async remove(key: string): Promise<void> {

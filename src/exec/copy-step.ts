@@ -1,41 +1,69 @@
 /**
- * Execute a copy step: write the selected files into an empty upper directory.
+ * Execute a copy step: decide what its layer holds, then write that into an
+ * empty upper directory.
  *
  * Where things land follows Docker's COPY rules, read from the text of `to`
  * alone (as `COPY --link` does): a trailing `/` or several sources make `to`
  * a directory; a single file without a trailing `/` is written at `to`; a
- * directory's contents are copied into `to`. The parent filesystem is never
- * read, which is what lets a copy run anywhere, without root or mounts.
+ * directory's contents are copied into `to`. File contents never depend on
+ * the filesystem below, which is what lets a copy run without root or mounts
+ * and build in parallel with the steps it sits on.
  *
- * Modes are set explicitly after every write, so the umask of the process
- * cannot leak into the layer. Ownership is not written here (that would need
- * root): the packer assigns uid/gid.
+ * What does depend on what is below: a directory the copy only passes
+ * through (`/app` in `to: /app/conf/`) keeps the mode and owner it already
+ * has there, as in Docker; a directory that is new gets 0755 and the step's
+ * owner. A linked step sees nothing below, so its directories are all new.
+ *
+ * Modes and owners live in the plan, not on disk: the upper stays readable
+ * and writable by us (no root needed, any umask), and the packer takes the
+ * layer's modes and owners from the plan.
  */
 import { constants } from 'node:fs';
-import { chmod, copyFile, mkdir, symlink } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, stat, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { SelectedEntry, Selection } from '../context/select.js';
 
 export const DIR_MODE = 0o755;
+
+export interface Meta {
+  mode: number;
+  uid: number;
+  gid: number;
+}
+
+/** Directories of a filesystem (relative paths, no leading `/`) and their metadata. */
+export type DirMeta = ReadonlyMap<string, Meta>;
 
 export interface CopyTarget {
   /** Absolute path in the image; a trailing `/` means a directory. */
   to: string;
   /** Mode for every copied file and directory, overriding the source's. */
   chmod: number | undefined;
+  /** Owner of everything the step writes; default 0:0. */
+  chown: { uid: number; gid: number } | undefined;
 }
 
 export class CopyDestinationError extends Error {}
 
-export async function writeCopy(upper: string, selections: Selection[], target: CopyTarget): Promise<void> {
-  const toIsDir = target.to.endsWith('/') || selections.length > 1;
+/** An input file changed between hashing and copying: its key would not describe its layer. */
+export class InputChangedError extends Error {}
+
+type Planned =
+  | ({ kind: 'dir' } & Meta)
+  | ({ kind: 'file'; entry: SelectedEntry } & Meta)
+  | ({ kind: 'link'; target: string } & Meta);
+
+export function planCopy(selections: Selection[], target: CopyTarget, below: DirMeta): CopyPlan {
   if (selections.length > 1 && !target.to.endsWith('/')) {
     throw new CopyDestinationError(
       `\`to\` is "${target.to}" but ${selections.length} sources are copied; end it with "/" to copy them into a directory`,
     );
   }
-  const toRel = target.to.split('/').filter(Boolean).join('/');
-  const plan = new UpperPlan();
+  const toIsDir = target.to.endsWith('/') || selections.length > 1;
+  const parts = target.to.split('/').filter((p) => p && p !== '.');
+  if (parts.includes('..')) throw new CopyDestinationError(`\`to\` is "${target.to}"; \`..\` would leave the image root`);
+  const toRel = parts.join('/');
+  const plan = new CopyPlan(below, target.chown ?? { uid: 0, gid: 0 });
   for (const sel of selections) {
     if (sel.kind === 'dir') {
       plan.dir(toRel, target.chmod);
@@ -46,14 +74,8 @@ export async function writeCopy(upper: string, selections: Selection[], target: 
       plan.entry(destRel, sel.entries[0]!, target.chmod);
     }
   }
-  await plan.write(upper);
+  return plan;
 }
-
-function joinRel(a: string, b: string): string {
-  return a && b ? `${a}/${b}` : a || b;
-}
-
-type Planned = { kind: 'dir'; mode: number } | { kind: 'file'; src: string; mode: number } | { kind: 'link'; target: string };
 
 /** Files copied at once: each copy waits mostly on the filesystem, not the CPU. */
 const PARALLEL_COPIES = 16;
@@ -63,43 +85,83 @@ const PARALLEL_COPIES = 16;
  * replaces an earlier one exactly as sequential copies would, and the writes
  * themselves can then run in parallel into an empty directory.
  */
-class UpperPlan {
+export class CopyPlan {
   private readonly entries = new Map<string, Planned>();
 
+  constructor(
+    private readonly below: DirMeta,
+    private readonly owner: { uid: number; gid: number },
+  ) {}
+
+  get isEmpty(): boolean {
+    return this.entries.size === 0;
+  }
+
+  /** Mode and owner of an entry of the upper, for the packer. */
+  meta(rel: string): Meta {
+    const p = this.entries.get(rel);
+    if (!p) throw new Error(`internal: ${rel} is in the upper but not in the copy plan`);
+    return p;
+  }
+
+  /** The directories this step's layer holds, with their metadata. */
+  dirs(): Map<string, Meta> {
+    const out = new Map<string, Meta>();
+    for (const [rel, p] of this.entries) if (p.kind === 'dir') out.set(rel, { mode: p.mode, uid: p.uid, gid: p.gid });
+    return out;
+  }
+
   entry(rel: string, e: SelectedEntry, modeOverride: number | undefined): void {
-    if (e.stat.isDirectory()) return this.dir(rel, modeOverride ?? e.stat.mode & 0o7777);
-    this.dir(parentOf(rel), undefined);
-    // Only a directory has anything planned below it; scanning for that on every file would be quadratic.
-    if (this.entries.get(rel)?.kind === 'dir') this.removeTree(rel);
-    this.entries.set(
+    if (e.stat.isDirectory()) {
+      this.implied(parentOf(rel));
+      this.set(rel, { kind: 'dir', mode: modeOverride ?? e.stat.mode & 0o7777, ...this.owner });
+      return;
+    }
+    this.implied(parentOf(rel));
+    this.set(
       rel,
       e.linkTarget !== undefined
-        ? { kind: 'link', target: e.linkTarget }
-        : { kind: 'file', src: e.abs, mode: modeOverride ?? e.stat.mode & 0o7777 },
+        ? { kind: 'link', target: e.linkTarget, mode: 0o777, ...this.owner }
+        : { kind: 'file', entry: e, mode: modeOverride ?? e.stat.mode & 0o7777, ...this.owner },
     );
   }
 
-  /** mkdir -p: missing ancestors get 0755; the directory itself `mode` when given. */
+  /** The directory a directory source is copied into: implied, but `chmod` applies when it is new. */
   dir(rel: string, mode: number | undefined): void {
+    if (!rel) return;
+    this.implied(parentOf(rel));
+    if (this.entries.get(rel)?.kind !== 'dir') this.set(rel, this.impliedMeta(rel, mode));
+  }
+
+  /** Directories the step passes through: kept as they are below, else new. */
+  private implied(rel: string): void {
     const parts = rel ? rel.split('/') : [];
     for (let i = 1; i <= parts.length; i++) {
       const sub = parts.slice(0, i).join('/');
-      const existing = this.entries.get(sub);
-      if (existing?.kind !== 'dir') {
-        if (existing) this.entries.delete(sub);
-        this.entries.set(sub, { kind: 'dir', mode: DIR_MODE });
-      }
+      if (this.entries.get(sub)?.kind !== 'dir') this.set(sub, this.impliedMeta(sub, undefined));
     }
-    if (rel && mode !== undefined) this.entries.set(rel, { kind: 'dir', mode });
   }
 
-  /** Directories first and writable, then files in parallel, then the directories' final modes, deepest first. */
+  private impliedMeta(rel: string, mode: number | undefined): Planned {
+    const existing = this.below.get(rel);
+    return existing ? { kind: 'dir', ...existing } : { kind: 'dir', mode: mode ?? DIR_MODE, ...this.owner };
+  }
+
+  private set(rel: string, p: Planned): void {
+    // Only a directory has anything planned below it; scanning for that on every file would be quadratic.
+    if (this.entries.get(rel)?.kind === 'dir' && p.kind !== 'dir') {
+      for (const k of this.entries.keys()) if (k.startsWith(`${rel}/`)) this.entries.delete(k);
+    }
+    this.entries.set(rel, p);
+  }
+
+  /** Directories first, then files in parallel; each file re-checked against the stat its hash was taken with. */
   async write(upper: string): Promise<void> {
     const all = [...this.entries];
     const dirs = all.filter(([, p]) => p.kind === 'dir').sort(([a], [b]) => (a < b ? -1 : 1));
     for (const [rel] of dirs) {
       await mkdir(path.join(upper, rel));
-      await chmod(path.join(upper, rel), 0o700 | DIR_MODE);
+      await chmod(path.join(upper, rel), 0o700);
     }
     const leaves = all.filter(([, p]) => p.kind !== 'dir');
     let next = 0;
@@ -108,22 +170,33 @@ class UpperPlan {
         const [rel, p] = leaves[next++]!;
         const dest = path.join(upper, rel);
         if (p.kind === 'link') await symlink(p.target, dest);
-        else if (p.kind === 'file') {
-          await copyFile(p.src, dest, constants.COPYFILE_FICLONE);
-          await chmod(dest, p.mode);
-        }
+        else if (p.kind === 'file') await copyUnchanged(p.entry, dest);
       }
     };
     await Promise.all(Array.from({ length: Math.min(PARALLEL_COPIES, leaves.length) }, worker));
-    for (const [rel, p] of dirs.reverse()) {
-      if (p.kind === 'dir' && p.mode !== (0o700 | DIR_MODE)) await chmod(path.join(upper, rel), p.mode);
-    }
   }
+}
 
-  /** Forget `rel` and everything planned below it. */
-  private removeTree(rel: string): void {
-    for (const k of this.entries.keys()) if (k === rel || k.startsWith(`${rel}/`)) this.entries.delete(k);
+async function copyUnchanged(e: SelectedEntry, dest: string): Promise<void> {
+  await copyFile(e.abs, dest, constants.COPYFILE_FICLONE);
+  await chmod(dest, 0o600);
+  const now = await stat(e.abs);
+  const was = e.stat;
+  if (now.size !== was.size || now.mtimeMs !== was.mtimeMs || now.ctimeMs !== was.ctimeMs || now.ino !== was.ino) {
+    throw new InputChangedError(`${e.abs} changed while it was being copied; run the build again`);
   }
+}
+
+/** Directories of the filesystem after `layers`, each later layer's entries winning. */
+export function mergeDirs(...layers: DirMeta[]): DirMeta {
+  if (layers.length === 1) return layers[0]!;
+  const out = new Map<string, Meta>();
+  for (const l of layers) for (const [k, v] of l) out.set(k, v);
+  return out;
+}
+
+function joinRel(a: string, b: string): string {
+  return a && b ? `${a}/${b}` : a || b;
 }
 
 function parentOf(rel: string): string {

@@ -17,6 +17,11 @@ export interface PackOptions {
   mtime: number;
   /** uid/gid for an entry; default: the file's own lstat uid/gid */
   owner?: (relPath: string, st: fs.Stats) => { uid: number; gid: number };
+  /**
+   * Permission bits for an entry; default: the file's own. Lets a caller keep
+   * its upper readable on disk (no root needed) while the layer says 0500.
+   */
+  mode?: (relPath: string, st: fs.Stats) => number;
   /** gzip level, default 6 */
   level?: number;
   /**
@@ -121,6 +126,7 @@ async function writeEntries(pack: tar.Pack, upperDir: string, opts: PackOptions)
   found.sort((a, b) => Buffer.compare(a.sortKey, b.sortKey));
 
   const owner = opts.owner ?? ((_rel: string, st: fs.Stats) => ({ uid: st.uid, gid: st.gid }));
+  const modeOf = opts.mode ?? ((_rel: string, st: fs.Stats) => st.mode & 0o7777);
   const isOpaque = opts.isOpaque ?? (async () => false);
   const mtime = new Date(opts.mtime * 1000);
   const firstNameOfInode = new Map<string, string>();
@@ -138,7 +144,7 @@ async function writeEntries(pack: tar.Pack, upperDir: string, opts: PackOptions)
       name: f.name,
       // tar-stream replaces a falsy mode with 0644/0755, so the file-type bits
       // ride along to keep a real 0000 mode; its encoder masks them off.
-      mode: (f.st.mode & 0o7777) | fsConstants.S_IFREG,
+      mode: (modeOf(f.rel, f.st) & 0o7777) | fsConstants.S_IFREG,
       uid,
       gid,
       uname: '',
