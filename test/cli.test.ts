@@ -159,6 +159,62 @@ describe('layergraph run', () => {
   });
 });
 
+describe('layergraph run: paths and environment', () => {
+  it('never takes its own output or cache as inputs, even inside the context', async () => {
+    const dir = await project(BUILD.replace('copy: src/', 'copy: .'));
+    const reports = await tmpDir();
+    const args = ['run', 'build.yaml', '--cache-dir', '.cache', '--report', path.join(reports, 'r.json'), '--progress', 'quiet'];
+    expect((await runCli(args, { cwd: dir })).exitCode).toBe(0);
+    const again = await runCli(args, { cwd: dir });
+    expect(again.exitCode, again.stderr).toBe(0);
+    const report = JSON.parse(await readFile(path.join(reports, 'r.json'), 'utf8')) as { summary: { hits: number; total: number } };
+    expect(report.summary.hits).toBe(report.summary.total);
+  });
+
+  it('refuses several sources into a `to` without a trailing slash before building, at the `to`', async () => {
+    const dir = await project(BUILD.replace('copy: app.conf', 'copy: [app.conf, build.yaml]'));
+    const res = await runCli(['run', path.join(dir, 'build.yaml'), '--cache-dir', path.join(dir, 'c'), '--out', path.join(dir, 'o')]);
+    expect(res.exitCode).toBe(2);
+    expect(res.stderr).toMatch(/build\.yaml:11:9: `to` is "\/etc\/app.conf" but 2 sources are copied; end it with "\/"/);
+    expect(await readdir(path.join(dir, 'c'))).not.toContain('records');
+  });
+
+  it('says which flag names an unusable directory, with exit 2', async () => {
+    const dir = await project();
+    await writeFile(path.join(dir, 'afile'), '');
+    const res = await runCli(['run', path.join(dir, 'build.yaml'), '--cache-dir', path.join(dir, 'c'), '--out', path.join(dir, 'afile', 'out')]);
+    expect(res.exitCode).toBe(2);
+    expect(res.stderr).toMatch(/--out .*afile\/out: cannot create it/);
+  });
+
+  it('warns about a report it cannot write but keeps a good build good', async () => {
+    const dir = await project();
+    await writeFile(path.join(dir, 'afile'), '');
+    const res = await runCli(['run', path.join(dir, 'build.yaml'), '--cache-dir', path.join(dir, 'c'), '--out', path.join(dir, 'o'), '--report', path.join(dir, 'afile', 'r.json')]);
+    expect(res.exitCode).toBe(0);
+    expect(res.stderr).toMatch(/warning: could not write report/);
+  });
+
+  it('refuses a SOURCE_DATE_EPOCH a layer cannot hold', async () => {
+    const dir = await project();
+    const res = await runCli(['run', path.join(dir, 'build.yaml'), '--cache-dir', path.join(dir, 'c')], { env: { SOURCE_DATE_EPOCH: '3000000000' } });
+    expect(res.exitCode).toBe(2);
+    expect(res.stderr).toMatch(/SOURCE_DATE_EPOCH is "3000000000"/);
+  });
+
+  it('misses when SOURCE_DATE_EPOCH changes, and says so', async () => {
+    const dir = await project();
+    const args = ['run', path.join(dir, 'build.yaml'), '--cache-dir', path.join(dir, 'c'), '--out', path.join(dir, 'o'), '--report', path.join(dir, 'r.json')];
+    await runCli(args);
+    await runCli(args, { env: { SOURCE_DATE_EPOCH: '1700000000' } });
+    const report = JSON.parse(await readFile(path.join(dir, 'r.json'), 'utf8')) as { steps: Array<{ status: string; reason: string }> };
+    expect(report.steps.map((s) => [s.status, s.reason])).toEqual([
+      ['miss', 'definition changed: sourceDateEpoch'],
+      ['miss', 'definition changed: sourceDateEpoch'],
+    ]);
+  });
+});
+
 function spawnSync(cmd: string, args: string[], cwd: string): { status: number | null; stdout: string; stderr: string } {
   try {
     const stdout = execFileSync(cmd, args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, HOME: cwd } });
@@ -168,4 +224,3 @@ function spawnSync(cmd: string, args: string[], cwd: string): { status: number |
     return { status: e.status, stdout: e.stdout, stderr: e.stderr };
   }
 }
-

@@ -265,6 +265,19 @@ describe('semantic problems', () => {
     ]);
   });
 
+  it('refuses a `to` that would leave the image root', () => {
+    const issues = issuesOf(yaml`
+      version: 1
+      images:
+        api:
+          steps:
+            - {id: a, copy: x, to: /app/../../etc/passwd}
+    `);
+    expect(issues.map((i) => [`${i.pos.line}:${i.pos.col}`, i.message])).toEqual([
+      ['5:30', '`images.api.steps[0].to` is "/app/../../etc/passwd"; `..` would leave the image root: write the path without it'],
+    ]);
+  });
+
   it('reports copy sources that are absolute or leave the context, but not those of another image', () => {
     const issues = issuesOf(yaml`
       version: 1

@@ -46,7 +46,7 @@ describe('ContentStore', () => {
     expect((await readFile(file)).equals(data)).toBe(true);
     expect(await ingestLeftovers(root)).toEqual([]);
     expect(await store.has(info.digest)).toBe(true);
-    expect(await store.size(info.digest)).toBe(data.length);
+    expect(info.size).toBe(data.length);
     expect(await sha256File(file)).toBe(info.digest);
   });
 
@@ -147,14 +147,13 @@ describe('ContentStore', () => {
     expect(await store.verify(digest)).toBe(false);
   });
 
-  it('removes a blob', async () => {
+  it('rewrites a small blob whose stored bytes were damaged', async () => {
     const root = await tmpDir();
     const store = new ContentStore(root);
-    const { digest } = await store.put(Buffer.from('bye'));
-    expect(await store.has(digest)).toBe(true);
-    await store.remove(digest);
-    expect(await store.has(digest)).toBe(false);
-    await store.remove(digest); // removing twice is fine
+    const { digest } = await store.put(Buffer.from('{"a":1}'));
+    await writeFile(store.blobPath(digest), 'garbage');
+    await store.put(Buffer.from('{"a":1}'));
+    expect(await store.verify(digest)).toBe(true);
   });
 
   it('refuses names that are not sha256 digests', async () => {

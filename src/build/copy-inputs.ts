@@ -5,14 +5,14 @@
 import path from 'node:path';
 import type { CopyStep } from '../config/types.js';
 import type { FileHasher } from '../context/file-hasher.js';
-import { selectSources, type Selection } from '../context/select.js';
+import { selectSources, type Selection, type SelectOptions } from '../context/select.js';
 import type { InputFile, KeyMaterial } from '../cache/step-key.js';
 
 export const COPY_KIND = 'layergraph.copy.v1';
 
-export function copySelections(step: CopyStep, sourceRoot: string): Promise<Selection[]> {
+export function copySelections(step: CopyStep, sourceRoot: string, opts: SelectOptions = {}): Promise<Selection[]> {
   const refs = step.sources.map((spec, i) => ({ spec, pos: step.sourcesPos[i] ?? step.pos }));
-  return selectSources(sourceRoot, refs, step.fromImage ? 'image' : 'context');
+  return selectSources(sourceRoot, refs, step.fromImage ? 'image' : 'context', opts);
 }
 
 export async function copyInputs(step: CopyStep, selections: Selection[], hasher: FileHasher): Promise<InputFile[]> {

@@ -13,7 +13,7 @@
  * flight, not the waiting.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, realpath, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { ContentStore } from '../cache/content-store.js';
 import { explainMiss } from '../cache/explain.js';
@@ -45,6 +45,12 @@ export interface BuildOptions {
   onEvent?: (event: BuildEvent) => void;
   /** Once aborted, no new step starts; running ones finish; the cache stays valid. */
   signal?: AbortSignal;
+}
+
+/** Real paths of the build's own output and cache: never inputs, even when they sit inside the context. */
+async function ownPaths(opts: BuildOptions): Promise<Set<string>> {
+  const paths = [opts.cacheDir, ...(opts.outDir ? [opts.outDir] : [])];
+  return new Set(await Promise.all(paths.map((p) => realpath(p).catch(() => path.resolve(p)))));
 }
 
 export interface BuildResult {
@@ -95,6 +101,7 @@ class BuildRun {
   /** One flight per key: steps with the same key in one run (a shared linked step) build once. */
   private readonly flights = new Map<string, { by: string; done: Promise<Flight> }>();
   private firstError: { error: Error; by: string } | undefined;
+  private exclude: ReadonlySet<string> = new Set();
 
   constructor(
     private readonly spec: BuildSpec,
@@ -112,6 +119,7 @@ class BuildRun {
   async execute(): Promise<BuildResult> {
     await sweepStale(this.opts.cacheDir);
     await mkdir(this.tmpRoot, { recursive: true });
+    this.exclude = await ownPaths(this.opts);
     this.emit({ type: 'plan', steps: this.images.flatMap((img) => img.steps.map((s) => ({ image: img.name, step: s.id }))) });
     try {
       // Every task exists before any starts: a step may need one declared after it.
@@ -175,7 +183,7 @@ class BuildRun {
         startMs = this.now();
         this.emit({ type: 'step-start', image: image.name, step: step.id, atMs: startMs });
         const sourceRoot = source ? await this.snapshots.materialize(source.key, source.layers) : this.spec.context;
-        const selections = await copySelections(step, sourceRoot);
+        const selections = await copySelections(step, sourceRoot, { exclude: source ? new Set() : this.exclude });
         const plan = planCopy(selections, step, parent?.dirs ?? new Map());
         const material = copyMaterial(step, await copyInputs(step, selections, this.hasher), parent?.chain ?? null, this.opts.sourceDateEpoch);
         const key = await stepKey(material);

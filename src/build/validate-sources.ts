@@ -1,22 +1,27 @@
 /**
- * `validate` checks what it can without building: every copy source from the
- * context exists and stays inside it. Sources in other images are only known
- * once those are built.
+ * What can be checked before building, and is, by `validate` and before every
+ * `run`: each copy source from the context exists and stays inside it, and
+ * the sources fit their `to` (several need a directory). Directory contents
+ * are not listed here. Sources in other images are only known once those
+ * images are built.
  */
 import type { BuildSpec } from '../config/types.js';
 import { ConfigError, type ConfigIssue } from '../errors.js';
+import { CopyDestinationError, planCopy } from '../exec/copy-step.js';
 import { copySelections } from './copy-inputs.js';
 
-export async function validateSources(spec: BuildSpec): Promise<void> {
+export async function validateSources(spec: BuildSpec, images = spec.images): Promise<void> {
   const issues: ConfigIssue[] = [];
-  for (const image of spec.images) {
+  for (const image of images) {
     for (const step of image.steps) {
       if (step.kind !== 'copy' || step.fromImage) continue;
       try {
-        await copySelections(step, spec.context);
+        planCopy(await copySelections(step, spec.context, { shallow: true }), step, new Map());
       } catch (err) {
         if (err instanceof ConfigError) issues.push(...err.issues);
-        else throw err;
+        else if (err instanceof CopyDestinationError) {
+          issues.push({ pos: step.keyPos.to ?? step.pos, path: `images.${image.name}.steps.${step.id}.to`, message: err.message });
+        } else throw err;
       }
     }
   }

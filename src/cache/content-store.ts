@@ -10,7 +10,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { access, mkdir, rename, rm, stat } from 'node:fs/promises';
+import { access, mkdir, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -38,10 +38,6 @@ export class ContentStore {
     } catch {
       return false;
     }
-  }
-
-  async size(digest: string): Promise<number> {
-    return (await stat(this.blobPath(digest))).size;
   }
 
   read(digest: string): Readable {
@@ -77,10 +73,10 @@ export class ContentStore {
     }
   }
 
-  /** Store a small blob (config, manifest) held in memory. */
+  /** Store a small blob (config, manifest) held in memory; one already there is kept only if intact. */
   async put(bytes: Uint8Array): Promise<BlobInfo> {
     const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
-    if (!(await this.has(digest))) await writeFileAtomic(this.blobPath(digest), bytes);
+    if (!(await this.verify(digest))) await writeFileAtomic(this.blobPath(digest), bytes);
     return { digest, size: bytes.length };
   }
 
@@ -91,10 +87,6 @@ export class ContentStore {
     } catch {
       return false;
     }
-  }
-
-  async remove(digest: string): Promise<void> {
-    await rm(this.blobPath(digest), { force: true });
   }
 
   private async commit(staging: string, digest: string): Promise<void> {

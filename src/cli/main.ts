@@ -9,7 +9,8 @@ import { runBuild, type BuildResult } from '../build/run-build.js';
 import { loadBuildFile } from '../config/load.js';
 import { displayPath } from '../config/positions.js';
 import { validateSources } from '../build/validate-sources.js';
-import { buildGraph } from '../graph/build-graph.js';
+import { buildGraph, imagesFor } from '../graph/build-graph.js';
+import type { BuildSpec } from '../config/types.js';
 import { ConfigError, LayergraphError, UsageError, formatIssue } from '../errors.js';
 import { jsonReport, markdownReport, textReport } from '../report/summary.js';
 import { helpText, parseCli, type ParsedArgs } from './flags.js';
@@ -47,7 +48,7 @@ async function dispatch(args: ParsedArgs, io: CliIo): Promise<number> {
       io.stdout.write(`layergraph ${await version()}\n`);
       return EXIT.ok;
     case 'validate': {
-      const spec = await loadBuildFile(path.resolve(io.cwd, args.file));
+      const spec = await load(args.file, io);
       buildGraph(spec);
       await validateSources(spec);
       const steps = spec.images.reduce((n, img) => n + img.steps.length, 0);
@@ -60,7 +61,7 @@ async function dispatch(args: ParsedArgs, io: CliIo): Promise<number> {
 }
 
 async function runCommand(file: string, values: Record<string, unknown>, io: CliIo): Promise<number> {
-  const spec = await loadBuildFile(path.resolve(io.cwd, file));
+  const spec = await load(file, io);
   const targets = (values.target as string[] | undefined) ?? [];
   const unknown = targets.filter((t) => !spec.images.some((i) => i.name === t));
   if (unknown.length) {
@@ -75,15 +76,20 @@ async function runCommand(file: string, values: Record<string, unknown>, io: Cli
   for (const r of reports) {
     if (!/\.(json|md|markdown)$/i.test(r)) throw new UsageError(`--report ${r}: the file name must end in .json or .md`);
   }
+  const epoch = sourceDateEpoch(io.env);
+  const cacheDir = await userDir('--cache-dir', (values['cache-dir'] as string | undefined) ?? defaultCacheDir(io.env), io);
+  const outDir = await userDir('--out', (values.out as string | undefined) ?? 'out', io);
+  buildGraph(spec);
+  await validateSources(spec, imagesFor(spec, targets));
   const progress = createProgress(progressMode as ProgressMode, io.stderr, io.env);
   let result: BuildResult;
   try {
     result = await runBuild(spec, {
-      cacheDir: path.resolve(io.cwd, (values['cache-dir'] as string | undefined) ?? defaultCacheDir(io.env)),
-      outDir: path.resolve(io.cwd, (values.out as string | undefined) ?? 'out'),
+      cacheDir,
+      outDir,
       targets,
       jobs,
-      sourceDateEpoch: sourceDateEpoch(io.env),
+      sourceDateEpoch: epoch,
       onEvent: (e) => progress.onEvent(e),
       ...(io.signal ? { signal: io.signal } : {}),
     });
@@ -104,14 +110,48 @@ async function runCommand(file: string, values: Record<string, unknown>, io: Cli
   return EXIT.ok;
 }
 
+/** A report that cannot be written is a warning: it must not turn a good build into a failed one. */
 async function writeReports(result: BuildResult, reports: string[], io: CliIo): Promise<void> {
+  const write = async (what: string, fn: () => Promise<void>): Promise<void> => {
+    try {
+      await fn();
+    } catch (err) {
+      io.stderr.write(`warning: could not write ${what}: ${(err as Error).message}\n`);
+    }
+  };
   for (const r of reports) {
     const file = path.resolve(io.cwd, r);
-    await mkdir(path.dirname(file), { recursive: true });
-    await writeFile(file, /\.json$/i.test(r) ? jsonReport(result) : markdownReport(result));
+    await write(`report ${r}`, async () => {
+      await mkdir(path.dirname(file), { recursive: true });
+      await writeFile(file, /\.json$/i.test(r) ? jsonReport(result) : markdownReport(result));
+    });
   }
   const summaryFile = io.env.GITHUB_STEP_SUMMARY;
-  if (summaryFile) await appendFile(summaryFile, markdownReport(result));
+  if (summaryFile) await write('GITHUB_STEP_SUMMARY', () => appendFile(summaryFile, markdownReport(result)));
+}
+
+async function load(file: string, io: CliIo): Promise<BuildSpec> {
+  const abs = path.resolve(io.cwd, file);
+  try {
+    return await loadBuildFile(abs);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'EISDIR' || code === 'EACCES') {
+      throw new UsageError(`cannot read build file ${file}: ${code === 'ENOENT' ? 'no such file' : (err as Error).message}`);
+    }
+    throw err;
+  }
+}
+
+/** A directory the user named, created now so a wrong path is a usage error, not a failure half way. */
+async function userDir(flag: string, dir: string, io: CliIo): Promise<string> {
+  const abs = path.resolve(io.cwd, dir);
+  try {
+    await mkdir(abs, { recursive: true });
+  } catch (err) {
+    throw new UsageError(`${flag} ${dir}: cannot create it: ${(err as Error).message}`);
+  }
+  return abs;
 }
 
 async function reportError(err: unknown, io: CliIo): Promise<number> {
@@ -129,9 +169,10 @@ async function reportError(err: unknown, io: CliIo): Promise<number> {
     io.stderr.write(`error: ${err.message}\n`);
     return EXIT.buildFailed;
   }
-  if ((err as NodeJS.ErrnoException)?.code === 'ENOENT' && (err as NodeJS.ErrnoException).path) {
-    io.stderr.write(`error: ${(err as NodeJS.ErrnoException).path}: no such file\n`);
-    return EXIT.invalid;
+  if (typeof (err as NodeJS.ErrnoException)?.code === 'string' && /^E[A-Z]+$/.test((err as NodeJS.ErrnoException).code!)) {
+    // The system said no (disk full, permission denied…): the message names the path; not a bug.
+    io.stderr.write(`error: ${(err as Error).message}\n`);
+    return EXIT.buildFailed;
   }
   io.stderr.write(
     `unexpected error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n` +
@@ -155,7 +196,10 @@ export function defaultCacheDir(env: NodeJS.ProcessEnv): string {
 function sourceDateEpoch(env: NodeJS.ProcessEnv): number {
   const raw = env.SOURCE_DATE_EPOCH;
   if (raw === undefined || raw === '') return 0;
-  if (!/^\d+$/.test(raw)) throw new UsageError(`SOURCE_DATE_EPOCH is "${raw}"; expected whole seconds since 1970`);
+  // The upper bound is what a tar header's mtime field holds everywhere (2038-01-19).
+  if (!/^\d+$/.test(raw) || Number(raw) > 2 ** 31 - 1) {
+    throw new UsageError(`SOURCE_DATE_EPOCH is "${raw}"; expected whole seconds from 0 to 2147483647`);
+  }
   return Number(raw);
 }
 

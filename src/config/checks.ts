@@ -125,6 +125,11 @@ function checkSteps(ctx: Ctx, image: string, steps: unknown[]): void {
         if (problem) issues.push(src.issue(src.valuePos(sourceAt), sourceAt, `copy source \`${source as string}\` ${problem}`));
       }
     }
+    const to = step.to;
+    if (typeof to === 'string' && to.startsWith('/') && to.split('/').includes('..')) {
+      const toAt = [...stepAt, 'to'];
+      issues.push(src.issue(src.valuePos(toAt), toAt, `\`${formatPath(toAt)}\` is "${to}"; \`..\` would leave the image root: write the path without it`));
+    }
     const chown = step.chown;
     if ((typeof chown === 'string' && /^[0-9]+(:[0-9]+)?$/.test(chown)) || (typeof chown === 'number' && Number.isInteger(chown) && chown >= 0)) {
       const parsed = parseChown(chown);

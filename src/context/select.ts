@@ -31,6 +31,13 @@ export interface Selection {
   stat: Stats;
 }
 
+export interface SelectOptions {
+  /** Name what each source is, without listing directory contents. */
+  shallow?: boolean;
+  /** Real paths never selected from inside a directory or by a glob (the build's own output and cache). */
+  exclude?: ReadonlySet<string>;
+}
+
 export interface SourceRef {
   spec: string;
   pos: SourcePos;
@@ -43,14 +50,20 @@ export interface SourceRef {
  */
 export type RootKind = 'context' | 'image';
 
-export async function selectSources(root: string, sources: SourceRef[], rootKind: RootKind): Promise<Selection[]> {
+export async function selectSources(
+  root: string,
+  sources: SourceRef[],
+  rootKind: RootKind,
+  opts: SelectOptions = {},
+): Promise<Selection[]> {
   const realRoot = await realpath(root);
+  const exclude = opts.exclude ?? new Set<string>();
   const selections: Selection[] = [];
   const issues: ConstructorParameters<typeof ConfigError>[0] = [];
   for (const src of sources) {
     try {
-      for (const rel of await expand(realRoot, src.spec, rootKind)) {
-        selections.push(await selectOne(realRoot, rel, rootKind));
+      for (const rel of await expand(realRoot, src.spec, rootKind, exclude)) {
+        selections.push(await selectOne(realRoot, rel, rootKind, opts.shallow ?? false, exclude));
       }
     } catch (err) {
       if (err instanceof PathEscapeError || err instanceof SourceNotFound) {
@@ -78,7 +91,7 @@ const GLOB_CHARS = /[*?[\]{}]/;
  * source, so globs in an image see the image's links, not the host's. Links
  * are listed as matches, never walked into; `selectOne` follows them.
  */
-async function expand(root: string, spec: string, rootKind: RootKind): Promise<string[]> {
+async function expand(root: string, spec: string, rootKind: RootKind, exclude: ReadonlySet<string>): Promise<string[]> {
   const clean = path.posix.normalize(spec.replace(/^\/+/, '')).replace(/\/+$/, '') || '.';
   if (!GLOB_CHARS.test(clean)) return [clean];
   const segments = clean.split('/');
@@ -88,16 +101,17 @@ async function expand(root: string, spec: string, rootKind: RootKind): Promise<s
   const base = prefix ? await resolveFollowing(root, prefix, rootKind) : root;
   const depth = pattern.includes('**') ? Infinity : segments.length - firstGlob;
   const isMatch = picomatch(pattern, { dot: true });
-  const matches = (await listBelow(base, depth)).filter((rel) => isMatch(rel));
+  const matches = (await listBelow(base, depth, exclude)).filter((rel) => isMatch(rel));
   if (matches.length === 0) throw new SourceNotFound('matches nothing');
   return matches.map((m) => (prefix ? `${prefix}/${m}` : m)).sort();
 }
 
 /** Relative paths below `dir`, at most `depth` levels deep, without following links. */
-async function listBelow(dir: string, depth: number): Promise<string[]> {
+async function listBelow(dir: string, depth: number, exclude: ReadonlySet<string>): Promise<string[]> {
   const out: string[] = [];
   async function visit(abs: string, rel: string, level: number): Promise<void> {
     for (const ent of await readdir(abs, { withFileTypes: true })) {
+      if (exclude.has(path.join(abs, ent.name))) continue;
       const r = rel ? `${rel}/${ent.name}` : ent.name;
       out.push(r);
       if (ent.isDirectory() && level < depth) await visit(path.join(abs, ent.name), r, level + 1);
@@ -108,11 +122,17 @@ async function listBelow(dir: string, depth: number): Promise<string[]> {
   return out;
 }
 
-async function selectOne(root: string, rel: string, rootKind: RootKind): Promise<Selection> {
+async function selectOne(
+  root: string,
+  rel: string,
+  rootKind: RootKind,
+  shallow: boolean,
+  exclude: ReadonlySet<string>,
+): Promise<Selection> {
   const abs = await resolveFollowing(root, rel, rootKind);
   const st = await stat(abs);
   if (st.isFile()) return { source: rel, kind: 'file', stat: st, entries: [{ rel: '', abs, stat: st }] };
-  if (st.isDirectory()) return { source: rel, kind: 'dir', stat: st, entries: await walk(abs) };
+  if (st.isDirectory()) return { source: rel, kind: 'dir', stat: st, entries: shallow ? [] : await walk(abs, exclude) };
   throw new SourceNotFound('is neither a file nor a directory');
 }
 
@@ -169,12 +189,13 @@ function isMissing(err: unknown): boolean {
   return code === 'ENOENT' || code === 'ENOTDIR';
 }
 
-async function walk(dir: string): Promise<SelectedEntry[]> {
+async function walk(dir: string, exclude: ReadonlySet<string>): Promise<SelectedEntry[]> {
   const out: SelectedEntry[] = [];
   async function visit(absDir: string, relDir: string): Promise<void> {
     const names = (await readdir(absDir)).sort();
     for (const name of names) {
       const abs = path.join(absDir, name);
+      if (exclude.has(abs)) continue;
       const rel = relDir ? `${relDir}/${name}` : name;
       const st = await lstat(abs);
       if (st.isSymbolicLink()) {

@@ -6,9 +6,9 @@
  * content store, to a temp name first, so a reader never sees a partial blob.
  */
 import { constants } from 'node:fs';
-import { access, copyFile, mkdir, rename, rm } from 'node:fs/promises';
+import { copyFile, mkdir, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
-import type { ContentStore, BlobInfo } from '../cache/content-store.js';
+import { sha256File, type BlobInfo, type ContentStore } from '../cache/content-store.js';
 import type { Platform } from '../config/types.js';
 import { tempSibling, writeFileAtomic } from '../util/fs-atomic.js';
 import { ANNOTATION_REF_NAME, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST } from './media-types.js';
@@ -40,9 +40,10 @@ export async function writeLayout(outDir: string, store: ContentStore, images: L
   await writeFileAtomic(path.join(outDir, 'index.json'), JSON.stringify(index, null, 2) + '\n');
 }
 
+/** A blob already in the layout is kept only if it still hashes to its name: the layout is not ours alone. */
 async function copyBlob(store: ContentStore, digest: string, outDir: string): Promise<void> {
   const target = path.join(outDir, 'blobs', 'sha256', digest.slice('sha256:'.length));
-  if (await exists(target)) return;
+  if ((await sha256File(target).catch(() => undefined)) === digest) return;
   const tmp = tempSibling(target);
   try {
     await copyFile(store.blobPath(digest), tmp, constants.COPYFILE_FICLONE);
@@ -50,11 +51,4 @@ async function copyBlob(store: ContentStore, digest: string, outDir: string): Pr
   } finally {
     await rm(tmp, { force: true });
   }
-}
-
-async function exists(p: string): Promise<boolean> {
-  return access(p).then(
-    () => true,
-    () => false,
-  );
 }
