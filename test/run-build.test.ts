@@ -209,4 +209,25 @@ images:
       ['app/etc/app.conf', 0, '644'],
     ]);
   });
+
+  it('leaves out what .dockerignore excludes, as Docker does, ! exceptions included', async () => {
+    const yaml = `version: 1\nimages:\n  a:\n    steps:\n      - {id: all, copy: ., to: /src/}\n`;
+    const tree: TreeSpec = {
+      '.dockerignore': '# editor and build junk\nnode_modules\n*.log\ndocs\n!docs/README.md\n',
+      'main.js': 'x',
+      'debug.log': 'noise',
+      node_modules: { dir: { dep: { dir: { 'index.js': 'dep' } } } },
+      docs: { dir: { 'README.md': 'keep', 'internal.md': 'drop' } },
+    };
+    const { result, dir } = await build(yaml, tree);
+    const names = (await tarEntries(dir, result.steps[0]!.layer!.digest)).map((e) => e.name);
+    expect(names).toEqual(['src/', 'src/.dockerignore', 'src/build.yaml', 'src/docs/', 'src/docs/README.md', 'src/main.js']);
+  });
+
+  it('refuses to copy a file .dockerignore excludes, saying why', async () => {
+    const dir = await tmpDir();
+    await expect(
+      build(`version: 1\nimages:\n  a:\n    steps:\n      - {id: log, copy: debug.log, to: /debug.log}\n`, { '.dockerignore': '*.log\n', 'debug.log': 'x' }, { dir }),
+    ).rejects.toThrow(/copy source `debug.log` is left out of the build context: excluded by .dockerignore/);
+  });
 });

@@ -13,13 +13,14 @@
  * flight, not the waiting.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, realpath, rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { ContentStore } from '../cache/content-store.js';
 import { explainMiss } from '../cache/explain.js';
 import { belowKey, chainKey, stepKey, type KeyMaterial } from '../cache/step-key.js';
 import { StepRecords, type LayerRef } from '../cache/step-records.js';
 import type { BuildSpec, CopyStep, ImageSpec } from '../config/types.js';
+import { loadContextFilter, NO_FILTER, type ContextFilter } from '../context/context-filter.js';
 import { ContentHasher } from '../context/file-hasher.js';
 import { ConfigError, LayergraphError, StepError } from '../errors.js';
 import { CopyDestinationError, mergeDirs, planCopy, type CopyPlan, type DirMeta } from '../exec/copy-step.js';
@@ -47,11 +48,6 @@ export interface BuildOptions {
   signal?: AbortSignal;
 }
 
-/** Real paths of the build's own output and cache: never inputs, even when they sit inside the context. */
-async function ownPaths(opts: BuildOptions): Promise<Set<string>> {
-  const paths = [opts.cacheDir, ...(opts.outDir ? [opts.outDir] : [])];
-  return new Set(await Promise.all(paths.map((p) => realpath(p).catch(() => path.resolve(p)))));
-}
 
 export interface BuildResult {
   images: BuiltImage[];
@@ -101,7 +97,7 @@ class BuildRun {
   /** One flight per key: steps with the same key in one run (a shared linked step) build once. */
   private readonly flights = new Map<string, { by: string; done: Promise<Flight> }>();
   private firstError: { error: Error; by: string } | undefined;
-  private exclude: ReadonlySet<string> = new Set();
+  private filter: ContextFilter = NO_FILTER;
 
   constructor(
     private readonly spec: BuildSpec,
@@ -119,7 +115,7 @@ class BuildRun {
   async execute(): Promise<BuildResult> {
     await sweepStale(this.opts.cacheDir);
     await mkdir(this.tmpRoot, { recursive: true });
-    this.exclude = await ownPaths(this.opts);
+    this.filter = await loadContextFilter(this.spec.context, [this.opts.cacheDir, ...(this.opts.outDir ? [this.opts.outDir] : [])]);
     this.emit({ type: 'plan', steps: this.images.flatMap((img) => img.steps.map((s) => ({ image: img.name, step: s.id }))) });
     try {
       // Every task exists before any starts: a step may need one declared after it.
@@ -183,7 +179,7 @@ class BuildRun {
         startMs = this.now();
         this.emit({ type: 'step-start', image: image.name, step: step.id, atMs: startMs });
         const sourceRoot = source ? await this.snapshots.materialize(source.key, source.layers) : this.spec.context;
-        const selections = await copySelections(step, sourceRoot, { exclude: source ? new Set() : this.exclude });
+        const selections = await copySelections(step, sourceRoot, { filter: source ? NO_FILTER : this.filter });
         const plan = planCopy(selections, step, parent?.dirs ?? new Map());
         const material = copyMaterial(step, await copyInputs(step, selections, this.hasher), parent?.chain ?? null, this.opts.sourceDateEpoch);
         const key = await stepKey(material);

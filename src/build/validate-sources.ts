@@ -8,15 +8,17 @@
 import type { BuildSpec } from '../config/types.js';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 import { CopyDestinationError, planCopy } from '../exec/copy-step.js';
+import { loadContextFilter } from '../context/context-filter.js';
 import { copySelections } from './copy-inputs.js';
 
-export async function validateSources(spec: BuildSpec, images = spec.images): Promise<void> {
+export async function validateSources(spec: BuildSpec, images = spec.images, ownDirs: string[] = []): Promise<void> {
+  const filter = await loadContextFilter(spec.context, ownDirs);
   const issues: ConfigIssue[] = [];
   for (const image of images) {
     for (const step of image.steps) {
       if (step.kind !== 'copy' || step.fromImage) continue;
       try {
-        planCopy(await copySelections(step, spec.context, { shallow: true }), step, new Map());
+        planCopy(await copySelections(step, spec.context, { shallow: true, filter }), step, new Map());
       } catch (err) {
         if (err instanceof ConfigError) issues.push(...err.issues);
         else if (err instanceof CopyDestinationError) {

@@ -80,7 +80,7 @@ async function runCommand(file: string, values: Record<string, unknown>, io: Cli
   const cacheDir = await userDir('--cache-dir', (values['cache-dir'] as string | undefined) ?? defaultCacheDir(io.env), io);
   const outDir = await userDir('--out', (values.out as string | undefined) ?? 'out', io);
   buildGraph(spec);
-  await validateSources(spec, imagesFor(spec, targets));
+  await validateSources(spec, imagesFor(spec, targets), [cacheDir, outDir]);
   const progress = createProgress(progressMode as ProgressMode, io.stderr, io.env);
   let result: BuildResult;
   try {

@@ -12,6 +12,7 @@ import path from 'node:path';
 import picomatch from 'picomatch';
 import type { SourcePos } from '../errors.js';
 import { ConfigError, PathEscapeError } from '../errors.js';
+import { NO_FILTER, type ContextFilter } from './context-filter.js';
 
 export interface SelectedEntry {
   /** Path relative to the selected source ('' for the source itself). */
@@ -34,8 +35,8 @@ export interface Selection {
 export interface SelectOptions {
   /** Name what each source is, without listing directory contents. */
   shallow?: boolean;
-  /** Real paths never selected from inside a directory or by a glob (the build's own output and cache). */
-  exclude?: ReadonlySet<string>;
+  /** What of the root may not be read (the context's .dockerignore, the build's own directories). */
+  filter?: ContextFilter;
 }
 
 export interface SourceRef {
@@ -57,13 +58,13 @@ export async function selectSources(
   opts: SelectOptions = {},
 ): Promise<Selection[]> {
   const realRoot = await realpath(root);
-  const exclude = opts.exclude ?? new Set<string>();
+  const filter = opts.filter ?? NO_FILTER;
   const selections: Selection[] = [];
   const issues: ConstructorParameters<typeof ConfigError>[0] = [];
   for (const src of sources) {
     try {
-      for (const rel of await expand(realRoot, src.spec, rootKind, exclude)) {
-        selections.push(await selectOne(realRoot, rel, rootKind, opts.shallow ?? false, exclude));
+      for (const rel of await expand(realRoot, src.spec, rootKind, filter)) {
+        selections.push(await selectOne(realRoot, rel, rootKind, opts.shallow ?? false, filter));
       }
     } catch (err) {
       if (err instanceof PathEscapeError || err instanceof SourceNotFound) {
@@ -77,9 +78,13 @@ export async function selectSources(
 
 class SourceNotFound extends Error {}
 
+/** A source that exists but is left out of the context (`.dockerignore`, the build's own directories). */
+class SourceExcluded extends SourceNotFound {}
+
 function describe(err: Error, spec: string, rootKind: RootKind): string {
   const where = rootKind === 'context' ? 'the build context' : 'the source image';
   if (err instanceof PathEscapeError) return `copy source \`${spec}\` leaves ${where}: ${err.message}`;
+  if (err instanceof SourceExcluded) return `copy source \`${spec}\` is left out of ${where}: ${err.message}`;
   return `copy source \`${spec}\` ${err.message} in ${where}`;
 }
 
@@ -91,7 +96,7 @@ const GLOB_CHARS = /[*?[\]{}]/;
  * source, so globs in an image see the image's links, not the host's. Links
  * are listed as matches, never walked into; `selectOne` follows them.
  */
-async function expand(root: string, spec: string, rootKind: RootKind, exclude: ReadonlySet<string>): Promise<string[]> {
+async function expand(root: string, spec: string, rootKind: RootKind, filter: ContextFilter): Promise<string[]> {
   const clean = path.posix.normalize(spec.replace(/^\/+/, '')).replace(/\/+$/, '') || '.';
   if (!GLOB_CHARS.test(clean)) return [clean];
   const segments = clean.split('/');
@@ -101,19 +106,20 @@ async function expand(root: string, spec: string, rootKind: RootKind, exclude: R
   const base = prefix ? await resolveFollowing(root, prefix, rootKind) : root;
   const depth = pattern.includes('**') ? Infinity : segments.length - firstGlob;
   const isMatch = picomatch(pattern, { dot: true });
-  const matches = (await listBelow(base, depth, exclude)).filter((rel) => isMatch(rel));
+  const matches = (await listBelow(base, depth, filter)).filter((rel) => isMatch(rel));
   if (matches.length === 0) throw new SourceNotFound('matches nothing');
   return matches.map((m) => (prefix ? `${prefix}/${m}` : m)).sort();
 }
 
 /** Relative paths below `dir`, at most `depth` levels deep, without following links. */
-async function listBelow(dir: string, depth: number, exclude: ReadonlySet<string>): Promise<string[]> {
+async function listBelow(dir: string, depth: number, filter: ContextFilter): Promise<string[]> {
   const out: string[] = [];
   async function visit(abs: string, rel: string, level: number): Promise<void> {
     for (const ent of await readdir(abs, { withFileTypes: true })) {
-      if (exclude.has(path.join(abs, ent.name))) continue;
+      const excluded = filter.excluded(path.join(abs, ent.name)) !== undefined;
+      if (excluded && !(ent.isDirectory() && filter.walkExcluded(path.join(abs, ent.name)))) continue;
       const r = rel ? `${rel}/${ent.name}` : ent.name;
-      out.push(r);
+      if (!excluded) out.push(r);
       if (ent.isDirectory() && level < depth) await visit(path.join(abs, ent.name), r, level + 1);
     }
   }
@@ -127,12 +133,14 @@ async function selectOne(
   rel: string,
   rootKind: RootKind,
   shallow: boolean,
-  exclude: ReadonlySet<string>,
+  filter: ContextFilter,
 ): Promise<Selection> {
   const abs = await resolveFollowing(root, rel, rootKind);
+  const why = filter.excluded(abs);
+  if (why) throw new SourceExcluded(why);
   const st = await stat(abs);
   if (st.isFile()) return { source: rel, kind: 'file', stat: st, entries: [{ rel: '', abs, stat: st }] };
-  if (st.isDirectory()) return { source: rel, kind: 'dir', stat: st, entries: shallow ? [] : await walk(abs, exclude) };
+  if (st.isDirectory()) return { source: rel, kind: 'dir', stat: st, entries: shallow ? [] : await walk(abs, filter) };
   throw new SourceNotFound('is neither a file nor a directory');
 }
 
@@ -189,15 +197,20 @@ function isMissing(err: unknown): boolean {
   return code === 'ENOENT' || code === 'ENOTDIR';
 }
 
-async function walk(dir: string, exclude: ReadonlySet<string>): Promise<SelectedEntry[]> {
+async function walk(dir: string, filter: ContextFilter): Promise<SelectedEntry[]> {
   const out: SelectedEntry[] = [];
   async function visit(absDir: string, relDir: string): Promise<void> {
     const names = (await readdir(absDir)).sort();
     for (const name of names) {
       const abs = path.join(absDir, name);
-      if (exclude.has(abs)) continue;
+      const excluded = filter.excluded(abs) !== undefined;
       const rel = relDir ? `${relDir}/${name}` : name;
       const st = await lstat(abs);
+      if (excluded) {
+        // An excluded directory is still walked when a `!` pattern may bring back something inside it.
+        if (st.isDirectory() && filter.walkExcluded(abs)) await visit(abs, rel);
+        continue;
+      }
       if (st.isSymbolicLink()) {
         out.push({ rel, abs, stat: st, linkTarget: await readlink(abs) });
       } else if (st.isDirectory()) {
