@@ -1,0 +1,133 @@
+// Writes a synthetic monorepo and the same images described three ways: a
+// layergraph build.yaml, one Dockerfile per service, and a docker-bake.hcl.
+//
+//   node bench/generate.mjs <dir> [--services 6] [--files 300] [--lib-files 200]
+//
+// Content comes from a seeded generator, so every run (and every tool) sees
+// byte-identical files.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const DEFAULTS = { services: 6, files: 300, libFiles: 200, seed: 42 };
+
+/**
+ * Generates the monorepo in `dir` (which should be empty) and returns what the
+ * runner needs: the image names, where their Dockerfiles are, and the file to
+ * edit for the "one file changed" scenario.
+ */
+export function generate(dir, options = {}) {
+  const opts = { ...DEFAULTS, ...options };
+  const rand = mulberry32(opts.seed);
+  const services = Array.from({ length: opts.services }, (_, i) => `svc-${i + 1}`);
+
+  writeTree(join(dir, 'libs/shared'), opts.libFiles, rand);
+  for (const svc of services) {
+    writeTree(join(dir, 'services', svc, 'src'), opts.files, rand);
+    write(join(dir, 'services', svc, 'config.json'), JSON.stringify({ name: svc, port: 8080 }, null, 2) + '\n');
+    write(join(dir, 'dockerfiles', `${svc}.Dockerfile`), dockerfile(svc));
+  }
+  write(join(dir, 'build.yaml'), buildYaml(services));
+  write(join(dir, 'docker-bake.hcl'), bakeFile(services));
+  // Only the sources are context; keeps the Dockerfiles and build files out of it.
+  write(join(dir, '.dockerignore'), 'dockerfiles\nbuild.yaml\ndocker-bake.hcl\n');
+
+  return {
+    dir,
+    services,
+    dockerfile: (svc) => join(dir, 'dockerfiles', `${svc}.Dockerfile`),
+    changeFile: join(dir, 'services', services[0], 'src', 'mod-0', 'file-0.js'),
+  };
+}
+
+// The image of one service: shared lib, config, sources. The lib comes first,
+// so `COPY` and `COPY --link` give the same layer and the same cache hits here;
+// we use plain COPY because Debian 12's BuildKit (docker.io 20.10, Dockerfile
+// frontend without `--link`) and Buildah 1.28 both reject `--link`.
+function dockerfile(svc) {
+  return [
+    'FROM scratch',
+    'COPY libs/shared/ /opt/shared/',
+    `COPY services/${svc}/config.json /etc/${svc}/config.json`,
+    `COPY --chown=1000:1000 services/${svc}/src/ /app/`,
+    '',
+  ].join('\n');
+}
+
+function buildYaml(services) {
+  const lines = ['version: 1', 'context: .', 'images:'];
+  for (const svc of services) {
+    lines.push(
+      `  ${svc}:`,
+      '    steps:',
+      '      - id: shared',
+      '        copy: libs/shared/',
+      '        to: /opt/shared/',
+      '        link: true',
+      '      - id: config',
+      `        copy: services/${svc}/config.json`,
+      `        to: /etc/${svc}/config.json`,
+      '      - id: src',
+      `        copy: services/${svc}/src/`,
+      '        to: /app/',
+      '        chown: "1000:1000"',
+    );
+  }
+  return lines.join('\n') + '\n';
+}
+
+function bakeFile(services) {
+  const targets = services.map(
+    (svc) => `target "${svc}" {\n  context = "."\n  dockerfile = "dockerfiles/${svc}.Dockerfile"\n  tags = ["bench/${svc}:latest"]\n}\n`,
+  );
+  const group = `group "default" {\n  targets = [${services.map((s) => `"${s}"`).join(', ')}]\n}\n`;
+  return [group, ...targets].join('\n');
+}
+
+// `count` source files of 1–6 KB, 20 to a folder, like a real source tree.
+function writeTree(root, count, rand) {
+  for (let i = 0; i < count; i++) {
+    write(join(root, `mod-${Math.floor(i / 20)}`, `file-${i % 20}.js`), sourceText(rand, 1024 + Math.floor(rand() * 5 * 1024)));
+  }
+}
+
+const WORDS = ['const', 'let', 'return', 'value', 'item', 'count', 'list', 'map', 'user', 'order', 'price', 'total', 'await', 'fetch', 'parse', 'render'];
+
+// Text that looks like code, so gzip ratios are realistic (not all zeros).
+function sourceText(rand, size) {
+  let out = '';
+  while (out.length < size) {
+    const n = 3 + Math.floor(rand() * 8);
+    const words = Array.from({ length: n }, () => WORDS[Math.floor(rand() * WORDS.length)] + Math.floor(rand() * 1000));
+    out += `  ${words.join(' ')};\n`;
+  }
+  return out.slice(0, size);
+}
+
+function write(path, text) {
+  mkdirSync(dirname(path), { recursive: true });
+  writeFileSync(path, text);
+}
+
+// Small, well-known seeded PRNG: same seed, same repo, on any machine.
+function mulberry32(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const [dir, ...rest] = process.argv.slice(2);
+  if (!dir) {
+    console.error('usage: node bench/generate.mjs <dir> [--services N] [--files N] [--lib-files N]');
+    process.exit(2);
+  }
+  const num = (flag, dflt) => (rest.includes(flag) ? Number(rest[rest.indexOf(flag) + 1]) : dflt);
+  const repo = generate(dir, { services: num('--services', DEFAULTS.services), files: num('--files', DEFAULTS.files), libFiles: num('--lib-files', DEFAULTS.libFiles) });
+  console.log(`wrote ${repo.services.length} services to ${dir}`);
+}
