@@ -3,6 +3,7 @@
  * the executor so `plan` can key a step without building it.
  */
 import path from 'node:path';
+import { runBounded } from '../util/bounded.js';
 import type { CopyStep } from '../config/types.js';
 import type { FileHasher } from '../context/file-hasher.js';
 import { selectSources, type Selection, type SelectOptions } from '../context/select.js';
@@ -18,17 +19,26 @@ export function copySelections(step: CopyStep, sourceRoot: string, opts: SelectO
 export async function copyInputs(step: CopyStep, selections: Selection[], hasher: FileHasher): Promise<InputFile[]> {
   const prefix = step.fromImage ? `${step.fromImage.image}:/` : '';
   const inputs: InputFile[] = [];
+  const hashes: Array<() => Promise<void>> = [];
   for (const sel of selections) {
     for (const e of sel.entries) {
       const p = `${prefix}${e.rel ? `${sel.source === '.' ? '' : `${sel.source}/`}${e.rel}` : sel.source}`;
       const mode = e.stat.mode & 0o7777;
       if (e.linkTarget !== undefined) inputs.push({ path: p, type: 'symlink', mode, target: e.linkTarget });
       else if (e.stat.isDirectory()) inputs.push({ path: p, type: 'dir', mode });
-      else inputs.push({ path: p, type: 'file', mode, size: e.stat.size, hash: await hasher.hash(e.abs, e.stat) });
+      else {
+        const input: InputFile = { path: p, type: 'file', mode, size: e.stat.size };
+        inputs.push(input);
+        hashes.push(async () => void (input.hash = await hasher.hash(e.abs, e.stat)));
+      }
     }
   }
+  await runBounded(hashes, PARALLEL_HASHES);
   return inputs;
 }
+
+/** Files hashed at once: reading them waits on the filesystem more than on the CPU. */
+const PARALLEL_HASHES = 16;
 
 export function copyMaterial(step: CopyStep, inputs: InputFile[], parent: string | null, sourceDateEpoch: number): KeyMaterial {
   return {

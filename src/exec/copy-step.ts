@@ -22,6 +22,7 @@ import { constants } from 'node:fs';
 import { chmod, copyFile, mkdir, stat, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { SelectedEntry, Selection } from '../context/select.js';
+import { runBounded } from '../util/bounded.js';
 
 export const DIR_MODE = 0o755;
 
@@ -163,17 +164,13 @@ export class CopyPlan {
       await mkdir(path.join(upper, rel));
       await chmod(path.join(upper, rel), 0o700);
     }
-    const leaves = all.filter(([, p]) => p.kind !== 'dir');
-    let next = 0;
-    const worker = async (): Promise<void> => {
-      while (next < leaves.length) {
-        const [rel, p] = leaves[next++]!;
-        const dest = path.join(upper, rel);
-        if (p.kind === 'link') await symlink(p.target, dest);
-        else if (p.kind === 'file') await copyUnchanged(p.entry, dest);
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(PARALLEL_COPIES, leaves.length) }, worker));
+    const writes = all.flatMap(([rel, p]) => {
+      const dest = path.join(upper, rel);
+      if (p.kind === 'link') return [() => symlink(p.target, dest)];
+      if (p.kind === 'file') return [() => copyUnchanged(p.entry, dest)];
+      return [];
+    });
+    await runBounded(writes, PARALLEL_COPIES);
   }
 }
 

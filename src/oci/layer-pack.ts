@@ -130,11 +130,13 @@ async function writeEntries(pack: tar.Pack, upperDir: string, opts: PackOptions)
   const isOpaque = opts.isOpaque ?? (async () => false);
   const mtime = new Date(opts.mtime * 1000);
   const firstNameOfInode = new Map<string, string>();
+  const prefetch = new Prefetcher(found);
+  const queue = new EntryQueue();
   let count = 0;
 
-  for (const f of found) {
+  for (const [i, f] of found.entries()) {
     if (f.kind === 'whiteout') {
-      await addEntry(pack, whiteoutHeader(f.name, mtime));
+      await queue.add(pack, whiteoutHeader(f.name, mtime));
       count++;
       continue;
     }
@@ -160,59 +162,71 @@ async function writeEntries(pack: tar.Pack, upperDir: string, opts: PackOptions)
         const key = f.st.nlink > 1 ? await inodeKey(f.abs) : null;
         const first = key === null ? undefined : firstNameOfInode.get(key);
         if (first !== undefined) {
-          await addEntry(pack, { ...header, type: 'link', linkname: first, size: 0 });
+          await queue.add(pack, { ...header, type: 'link', linkname: first, size: 0 });
         } else {
           if (key !== null) firstNameOfInode.set(key, f.name);
-          await addFileEntry(pack, { ...header, size: f.st.size }, f.abs);
+          const body = prefetch.take(i);
+          if (body) await queue.add(pack, { ...header, size: f.st.size }, await body, f.abs);
+          else {
+            await queue.drain();
+            await addFileEntry(pack, { ...header, size: f.st.size }, f.abs);
+          }
         }
         break;
       }
       case 'directory':
-        await addEntry(pack, header);
+        await queue.add(pack, header);
         // Right after the directory, not in sorted position: applying the
         // marker must empty the directory before any of this layer's children
         // land in it (appliers that do not track what they wrote rely on this).
         if (await isOpaque(f.abs)) {
-          await addEntry(pack, whiteoutHeader(`${f.name}${OPAQUE_MARKER}`, mtime));
+          await queue.add(pack, whiteoutHeader(`${f.name}${OPAQUE_MARKER}`, mtime));
           count++;
         }
         break;
       case 'symlink':
-        await addEntry(pack, { ...header, linkname: await readlink(f.abs) });
+        await queue.add(pack, { ...header, linkname: await readlink(f.abs) });
         break;
       case 'character-device':
       case 'block-device':
-        await addEntry(pack, { ...header, devmajor: devMajor(f.st.rdev), devminor: devMinor(f.st.rdev) });
+        await queue.add(pack, { ...header, devmajor: devMajor(f.st.rdev), devminor: devMinor(f.st.rdev) });
         break;
       case 'fifo':
-        await addEntry(pack, header);
+        await queue.add(pack, header);
         break;
     }
     count++;
   }
+  await queue.drain();
   return count;
 }
 
 /** Collects every entry below `absDir` without following symlinks. */
 async function walk(absDir: string, relDir: string, out: Found[]): Promise<void> {
   const names = await readdir(absDir, { encoding: 'buffer' });
-  for (const raw of names) {
+  const entries = names.map((raw) => {
     const name = raw.toString('utf8');
     // Node hands us names as strings; a name that is not UTF-8 would come
     // back with U+FFFD in it and then name a different (missing) file.
     if (!Buffer.from(name, 'utf8').equals(raw)) {
       throw new Error(`${path.join(absDir, raw.toString('latin1'))}: file name is not valid UTF-8; layers need UTF-8 names`);
     }
-    const rel = relDir === '' ? name : `${relDir}/${name}`;
     const abs = path.join(absDir, name);
     if (name.startsWith(WHITEOUT_PREFIX)) {
       // Packed as is it would delete something when applied, not create itself.
       throw new Error(`${abs}: a file named "${WHITEOUT_PREFIX}*" cannot be stored in a layer (it would read as a whiteout)`);
     }
-    const st = await lstat(abs);
-
+    return { name, abs };
+  });
+  // One directory's entries are stat'ed together: one after the other, a tree of
+  // small files spends its time waiting on the filesystem.
+  const stats = await Promise.all(entries.map((e) => lstat(e.abs)));
+  const subdirs: Array<Promise<void>> = [];
+  entries.forEach(({ name, abs }, i) => {
+    const st = stats[i]!;
+    const rel = relDir === '' ? name : `${relDir}/${name}`;
     const kind = kindOf(st);
-    if (kind === null) continue; // sockets: tar has no type for them, and they are meaningless in an image
+    if (kind === null) return; // sockets: tar has no type for them, and they are meaningless in an image
     const tarName =
       kind === 'whiteout'
         ? relDir === ''
@@ -222,8 +236,10 @@ async function walk(absDir: string, relDir: string, out: Found[]): Promise<void>
           ? `${rel}/`
           : rel;
     out.push({ rel, abs, st, kind, name: tarName, sortKey: Buffer.from(tarName, 'utf8') });
-    if (kind === 'directory') await walk(abs, rel, out);
-  }
+    if (kind === 'directory') subdirs.push(walk(abs, rel, out));
+  });
+  // The caller sorts what is found, so the order subdirectories finish in does not matter.
+  await Promise.all(subdirs);
 }
 
 function kindOf(st: fs.Stats): Kind | null {
@@ -266,12 +282,89 @@ async function inodeKey(abs: string): Promise<string> {
 }
 
 /** Any entry without a body; for an empty regular file tar-stream still wants the (empty) body written. */
-function addEntry(pack: tar.Pack, header: EntryHeader): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const done = (err?: Error | null) => (err ? reject(err) : resolve());
-    if (header.type === 'file') pack.entry(header, Buffer.alloc(0), done);
-    else pack.entry(header, done);
-  });
+/**
+ * Entries whose bytes are in memory go to tar-stream without waiting for each
+ * to pass through gzip: waiting made every small file a round trip to zlib's
+ * thread. At most QUEUE_BYTES are outstanding, so memory stays bounded.
+ */
+class EntryQueue {
+  private readonly pending: Array<{ done: Promise<void>; size: number }> = [];
+  private bytes = 0;
+
+  async add(pack: tar.Pack, header: EntryHeader, body?: Buffer, abs?: string): Promise<void> {
+    const done = new Promise<void>((resolve, reject) => {
+      const cb = (err?: Error | null): void => (err ? reject(abs ? new Error(`${abs}: ${err.message}`) : err) : resolve());
+      if (body) pack.entry(header, body, cb);
+      else if (header.type === 'file') pack.entry(header, Buffer.alloc(0), cb);
+      else pack.entry(header, cb);
+    });
+    done.catch(() => undefined);
+    const size = 512 + (body?.length ?? 0);
+    this.pending.push({ done, size });
+    this.bytes += size;
+    while (this.bytes > QUEUE_BYTES) await this.shift();
+  }
+
+  async drain(): Promise<void> {
+    while (this.pending.length) await this.shift();
+  }
+
+  private async shift(): Promise<void> {
+    const first = this.pending.shift()!;
+    this.bytes -= first.size;
+    await first.done;
+  }
+}
+
+const QUEUE_BYTES = 8 * 1024 * 1024;
+
+/**
+ * Reads small files ahead of the packer, a window at a time. Opening and
+ * reading a file is a round trip to the filesystem; one after the other they
+ * left the packer waiting most of the time on trees of many small files.
+ */
+class Prefetcher {
+  private readonly reads = new Map<number, Promise<Buffer>>();
+  private next = 0;
+
+  constructor(private readonly found: readonly Found[]) {}
+
+  /** The contents of entry `i` when it is a small file, or undefined to stream it. */
+  take(i: number): Promise<Buffer> | undefined {
+    const end = Math.min(this.found.length, i + PREFETCH_WINDOW);
+    for (this.next = Math.max(this.next, i); this.next < end; this.next++) {
+      const f = this.found[this.next]!;
+      if (f.kind === 'file' && f.st.size <= PREFETCH_MAX_SIZE && f.st.nlink === 1) {
+        const read = readExactly(f.abs, f.st.size);
+        read.catch(() => undefined);
+        this.reads.set(this.next, read);
+      }
+    }
+    const read = this.reads.get(i);
+    this.reads.delete(i);
+    return read;
+  }
+}
+
+const PREFETCH_WINDOW = 32;
+const PREFETCH_MAX_SIZE = 256 * 1024;
+
+async function readExactly(abs: string, size: number): Promise<Buffer> {
+  // O_NOFOLLOW: if the file was swapped for a symlink since the walk, fail rather than pack what it points at.
+  const fh = await open(abs, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+  try {
+    const buf = Buffer.allocUnsafe(size);
+    let got = 0;
+    while (got < size) {
+      const { bytesRead } = await fh.read(buf, got, size - got, got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+    }
+    if (got !== size) throw new Error(`${abs}: changed size while it was packed (${size} bytes expected, ${got} read)`);
+    return buf;
+  } finally {
+    await fh.close();
+  }
 }
 
 /** Streams the file into the entry; never holds more than a chunk of it. */
@@ -317,14 +410,31 @@ function drained(sink: EntrySink): Promise<void> {
   });
 }
 
-/** tar-stream's pack is a streamx stream; reading it as an async iterable keeps it out of Node's stream internals. */
+/**
+ * tar-stream's pack is a streamx stream; reading it as an async iterable keeps
+ * it out of Node's stream internals. Its chunks (a 512-byte header, a small
+ * file's body) are gathered into larger ones before gzip: each write to zlib
+ * is a trip to its thread, and per tiny chunk those trips dominated packing
+ * trees of small files.
+ */
 async function* hashing(pack: tar.Pack, hash: Hash, onEnd: () => Promise<void>): AsyncGenerator<Buffer> {
+  let batch: Buffer[] = [];
+  let size = 0;
   for await (const chunk of pack as AsyncIterable<Buffer>) {
     hash.update(chunk);
-    yield chunk;
+    batch.push(chunk);
+    size += chunk.length;
+    if (size >= GZIP_BATCH) {
+      yield Buffer.concat(batch, size);
+      batch = [];
+      size = 0;
+    }
   }
+  if (size) yield Buffer.concat(batch, size);
   await onEnd();
 }
+
+const GZIP_BATCH = 256 * 1024;
 
 /**
  * zlib writes the OS it was built for into byte 9 of the gzip header; pin it
