@@ -230,4 +230,43 @@ images:
       build(`version: 1\nimages:\n  a:\n    steps:\n      - {id: log, copy: debug.log, to: /debug.log}\n`, { '.dockerignore': '*.log\n', 'debug.log': 'x' }, { dir }),
     ).rejects.toThrow(/copy source `debug.log` is left out of the build context: excluded by .dockerignore/);
   });
+
+  it('copies a directory .dockerignore excludes when a ! pattern brings files back inside it', async () => {
+    const yaml = `version: 1\nimages:\n  a:\n    steps:\n      - {id: docs, copy: docs/, to: /docs/}\n      - {id: glob, copy: "d*", to: /g/}\n`;
+    const tree: TreeSpec = { '.dockerignore': 'docs\n!docs/README.md\n', docs: { dir: { 'README.md': 'keep', 'internal.md': 'drop' } } };
+    const { result, dir } = await build(yaml, tree);
+    expect((await tarEntries(dir, result.steps[0]!.layer!.digest)).map((e) => e.name)).toEqual(['docs/', 'docs/README.md']);
+    expect((await tarEntries(dir, result.steps[1]!.layer!.digest)).map((e) => e.name)).toEqual(['g/', 'g/README.md']);
+  });
+
+  it('never copies what lies inside its own output or cache, by name, by glob or by walking', async () => {
+    const dir = await tmpDir();
+    const yaml = (src: string): string => `version: 1\nimages:\n  a:\n    steps:\n      - {id: s, copy: "${src}", to: /x/}\n`;
+    const spec = (src: string) => parseBuildFile(yaml(src), path.join(dir, 'build.yaml'));
+    await makeTree(dir, { 'build.yaml': yaml('.'), 'f.txt': 'x' });
+    const opts = { cacheDir: path.join(dir, '.run', 'cache'), outDir: path.join(dir, '.run', 'out'), targets: [], jobs: 2, sourceDateEpoch: 0 };
+    expect((await runBuild(spec('.'), opts)).error).toBeUndefined();
+    const walked = await runBuild(spec('.'), opts);
+    expect(walked.steps[0]!.status).toBe('hit');
+    const byName = await runBuild(spec('.run/out/index.json'), opts);
+    expect(byName.error?.message).toMatch(/is left out of the build context: it is this build’s own output or cache/);
+    const byGlob = await runBuild(spec('.run/cache/*'), opts);
+    expect(byGlob.error?.message).toMatch(/copy source `.run\/cache\/\*` matches nothing/);
+  });
+
+  it('reports a step that fails after it was keyed, and keeps building nothing else', async () => {
+    const yaml = `version: 1\nimages:\n  a:\n    steps:\n      - {id: one, copy: a.txt, to: /a.txt}\n      - {id: bad, copy: bad/, to: /b/}\n      - {id: three, copy: a.txt, to: /c.txt}\n`;
+    const dir = await tmpDir();
+    await makeTree(dir, { 'build.yaml': yaml, 'a.txt': 'a', bad: { dir: { '.wh.x': 'a whiteout by name' } } });
+    const result = await runBuild(parseBuildFile(yaml, path.join(dir, 'build.yaml')), {
+      cacheDir: path.join(dir, 'cache'),
+      outDir: path.join(dir, 'out'),
+      targets: [],
+      jobs: 1,
+      sourceDateEpoch: 0,
+    });
+    expect(result.error?.message).toMatch(/a\/bad: .*cannot be stored in a layer/);
+    expect(result.steps.find((s) => s.step === 'bad')!.status).toBe('failed');
+    expect(result.images).toEqual([]);
+  });
 });

@@ -32,6 +32,7 @@ import { copyInputs, copyMaterial, copySelections } from './copy-inputs.js';
 import type { BuildEvent, StepResult } from './events.js';
 import { Semaphore } from './semaphore.js';
 import { SnapshotCache } from './snapshots.js';
+import { ownerTag } from '../util/owner-tag.js';
 import { sweepStale } from './sweep.js';
 
 export interface BuildOptions {
@@ -109,7 +110,7 @@ class BuildRun {
     this.records = new StepRecords(opts.cacheDir);
     this.snapshots = new SnapshotCache(opts.cacheDir, this.store);
     this.jobs = new Semaphore(Math.max(1, opts.jobs));
-    this.tmpRoot = path.join(opts.cacheDir, 'tmp', `${process.pid}-${randomBytes(4).toString('hex')}`);
+    this.tmpRoot = path.join(opts.cacheDir, 'tmp', `${ownerTag()}-${randomBytes(4).toString('hex')}`);
   }
 
   async execute(): Promise<BuildResult> {
@@ -151,15 +152,27 @@ class BuildRun {
   }
 
   private prepareStep(image: ImageSpec, step: CopyStep): { task: StepTask; start: () => void } {
-    let publish!: (keyed: Promise<Keyed>) => void;
-    const keyed = new Promise<Keyed>((resolve) => (publish = resolve));
+    let resolveKeyed!: (keyed: Promise<Keyed>) => void;
+    let rejectKeyed!: (err: unknown) => void;
+    let published = false;
+    const keyed = new Promise<Keyed>((resolve, reject) => {
+      resolveKeyed = resolve;
+      rejectKeyed = reject;
+    });
+    keyed.catch(() => undefined);
+    const publish = (k: Promise<Keyed>): void => {
+      published = true;
+      resolveKeyed(k);
+    };
     let run!: () => void;
     const layer = new Promise<LayerRef | null>((resolve, reject) => {
       run = () => this.runStep(image, step, publish).then(resolve, reject);
     });
-    // A step that stops before it is keyed leaves its key to fail the same way.
-    layer.catch((err: unknown) => publish(Promise.reject(err)));
-    keyed.catch(() => undefined);
+    // A step that stops before it is keyed leaves its key to fail the same way;
+    // one that fails later has published already, and steps above it keep theirs.
+    layer.catch((err: unknown) => {
+      if (!published) rejectKeyed(err);
+    });
     return { task: { keyed, layer }, start: run };
   }
 

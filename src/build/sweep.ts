@@ -1,19 +1,30 @@
 /**
  * Leftovers of runs that were killed (a second Ctrl-C, SIGKILL, a crash):
- * temp uppers under `tmp/<pid>-…` and staging files under `ingest/<pid>-…`.
- * They are never under a real name, so the cache stays valid without this;
- * sweeping only gives the disk space back. A live process's files are kept.
+ * temp uppers under `tmp/` and staging files under `ingest/`, named by
+ * `ownerTag()` (util/owner-tag.ts). They are never under a real name, so the cache stays valid
+ * without this; sweeping only gives the disk space back.
+ *
+ * A pid means something only on the host (and pid namespace) that wrote it,
+ * and CI containers often share one cache volume: so a leftover is swept when
+ * its writer is this host and that pid is gone, or when it is a day old.
  */
-import { readdir, rm } from 'node:fs/promises';
+import { readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
+import { ownerTag } from '../util/owner-tag.js';
+
+const DAY_MS = 24 * 60 * 60 * 1000;
 
 export async function sweepStale(cacheDir: string): Promise<void> {
+  const host = ownerTag().split('.')[0];
   for (const sub of ['tmp', 'ingest']) {
     const dir = path.join(cacheDir, sub);
     const names = await readdir(dir).catch(() => [] as string[]);
     for (const name of names) {
-      const pid = Number(/^(\d+)-/.exec(name)?.[1]);
-      if (pid && !isAlive(pid)) await rm(path.join(dir, name), { recursive: true, force: true }).catch(() => undefined);
+      const m = /^([A-Za-z0-9_-]+)\.(\d+)-/.exec(name);
+      const abs = path.join(dir, name);
+      const deadHere = m !== null && m[1] === host && !isAlive(Number(m[2]));
+      const old = !deadHere && Date.now() - ((await stat(abs).catch(() => undefined))?.mtimeMs ?? Date.now()) > DAY_MS;
+      if (deadHere || old) await rm(abs, { recursive: true, force: true }).catch(() => undefined);
     }
   }
 }

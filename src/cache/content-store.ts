@@ -17,6 +17,7 @@ import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
 import { CacheCorruptError } from '../errors.js';
 import { writeFileAtomic } from '../util/fs-atomic.js';
+import { ownerTag } from '../util/owner-tag.js';
 
 export interface BlobInfo {
   /** `sha256:<hex>` */
@@ -48,8 +49,8 @@ export class ContentStore {
   async ingest(source: Readable, expected?: string): Promise<BlobInfo> {
     const ingestDir = path.join(this.root, 'ingest');
     await mkdir(ingestDir, { recursive: true });
-    // The pid lets a later run tell a crashed writer's leftovers from a live one's.
-    const staging = path.join(ingestDir, `${process.pid}-${randomBytes(8).toString('hex')}`);
+    // Named by its writer so a later run can tell a crashed writer's leftovers from a live one's.
+    const staging = path.join(ingestDir, `${ownerTag()}-${randomBytes(8).toString('hex')}`);
     const hash = createHash('sha256');
     let size = 0;
     const tap = new Transform({

@@ -50,7 +50,8 @@ async function dispatch(args: ParsedArgs, io: CliIo): Promise<number> {
     case 'validate': {
       const spec = await load(args.file, io);
       buildGraph(spec);
-      await validateSources(spec);
+      // The same own directories `run` would leave out with its defaults.
+      await validateSources(spec, spec.images, [defaultCacheDir(io.env), path.resolve(io.cwd, 'out')]);
       const steps = spec.images.reduce((n, img) => n + img.steps.length, 0);
       io.stdout.write(`${displayPath(spec.file)}: ok (${spec.images.length} images, ${steps} steps)\n`);
       return EXIT.ok;

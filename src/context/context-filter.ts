@@ -8,6 +8,7 @@
 import { readFile, realpath } from 'node:fs/promises';
 import path from 'node:path';
 import dockerignore from '@balena/dockerignore';
+import { UsageError } from '../errors.js';
 
 export const IGNORE_FILE = '.dockerignore';
 
@@ -16,7 +17,7 @@ export interface ContextFilter {
   excluded(absPath: string): string | undefined;
   /**
    * Whether an excluded directory may still hold included paths (a `!`
-   * pattern brings them back), so a walk has to look inside it.
+   * pattern that can match below it), so a walk has to look inside it.
    */
   walkExcluded(absDir: string): boolean;
 }
@@ -25,19 +26,51 @@ export const NO_FILTER: ContextFilter = { excluded: () => undefined, walkExclude
 
 export async function loadContextFilter(context: string, ownDirs: string[]): Promise<ContextFilter> {
   const root = await realpath(context);
-  const own = new Set(await Promise.all(ownDirs.map((d) => realpath(d).catch(() => path.resolve(d)))));
-  const text = await readFile(path.join(root, IGNORE_FILE), 'utf8').catch(() => '');
-  const patterns = text.split(/\r?\n/).map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+  const own = await Promise.all(ownDirs.map((d) => realpath(d).catch(() => path.resolve(d))));
+  const patterns = await readPatterns(path.join(root, IGNORE_FILE));
   // A CommonJS package whose types declare an ES default export: under NodeNext the default import is
   // the module object, which at run time is also the function.
   const ig = (dockerignore as unknown as typeof dockerignore.default)().add(patterns);
+  const exceptionPrefixes = patterns.filter((p) => p.startsWith('!')).map(staticPrefix);
+  const isOwn = (abs: string): boolean => own.some((d) => abs === d || abs.startsWith(d + path.sep));
+  const relOf = (abs: string): string | undefined => {
+    const rel = path.relative(root, abs);
+    return !rel || rel.startsWith('..') || path.isAbsolute(rel) ? undefined : rel.split(path.sep).join('/');
+  };
   return {
-    walkExcluded: (absDir) => !own.has(absDir) && patterns.some((p) => p.startsWith('!')),
     excluded(absPath) {
-      if (own.has(absPath)) return 'it is this build’s own output or cache';
-      const rel = path.relative(root, absPath);
-      if (!rel || rel.startsWith('..') || path.isAbsolute(rel)) return undefined;
-      return patterns.length && ig.ignores(rel.split(path.sep).join('/')) ? `excluded by ${IGNORE_FILE}` : undefined;
+      if (isOwn(absPath)) return 'it is this build’s own output or cache';
+      const rel = relOf(absPath);
+      return rel !== undefined && patterns.length && ig.ignores(rel) ? `excluded by ${IGNORE_FILE}` : undefined;
+    },
+    walkExcluded(absDir) {
+      const rel = relOf(absDir);
+      if (rel === undefined || isOwn(absDir)) return false;
+      // An exception can only bring back something below `rel` if its fixed start
+      // lies on the way to `rel` or below it (`!src/**` for src, `!**/keep` for any).
+      return exceptionPrefixes.some((prefix) => `${rel}/`.startsWith(prefix) || prefix.startsWith(`${rel}/`));
     },
   };
+}
+
+async function readPatterns(file: string): Promise<string[]> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw new UsageError(`cannot read ${file}: ${(err as Error).message}`);
+  }
+  return text
+    .replace(/^\uFEFF/, '')
+    .split(/\r?\n/)
+    .map((l) => l.trim())
+    .filter((l) => l && !l.startsWith('#'));
+}
+
+/** The part of an exception pattern before its first glob character, cleaned like Docker cleans it. */
+function staticPrefix(pattern: string): string {
+  const clean = path.posix.normalize(pattern.slice(1).trim().replace(/^\/+/, ''));
+  const glob = clean.search(/[*?[\\]/);
+  return glob === -1 ? clean : clean.slice(0, glob);
 }

@@ -63,9 +63,18 @@ export async function selectSources(
   const issues: ConstructorParameters<typeof ConfigError>[0] = [];
   for (const src of sources) {
     try {
-      for (const rel of await expand(realRoot, src.spec, rootKind, filter)) {
-        selections.push(await selectOne(realRoot, rel, rootKind, opts.shallow ?? false, filter));
+      const matches = await expand(realRoot, src.spec, rootKind, filter);
+      let selected = 0;
+      for (const rel of matches) {
+        try {
+          selections.push(await selectOne(realRoot, rel, rootKind, opts.shallow ?? false, filter));
+          selected++;
+        } catch (err) {
+          // A glob passes over what the context leaves out; a path named outright is an error.
+          if (!(err instanceof SourceExcluded && isGlob(src.spec))) throw err;
+        }
       }
+      if (selected === 0) throw new SourceNotFound('matches nothing');
     } catch (err) {
       if (err instanceof PathEscapeError || err instanceof SourceNotFound) {
         issues.push({ pos: src.pos, path: 'copy', message: describe(err, src.spec, rootKind) });
@@ -89,6 +98,10 @@ function describe(err: Error, spec: string, rootKind: RootKind): string {
 }
 
 const GLOB_CHARS = /[*?[\]{}]/;
+
+function isGlob(spec: string): boolean {
+  return GLOB_CHARS.test(spec);
+}
 
 /**
  * A plain path is itself; a glob is matched below its static prefix (the
@@ -117,9 +130,11 @@ async function listBelow(dir: string, depth: number, filter: ContextFilter): Pro
   async function visit(abs: string, rel: string, level: number): Promise<void> {
     for (const ent of await readdir(abs, { withFileTypes: true })) {
       const excluded = filter.excluded(path.join(abs, ent.name)) !== undefined;
-      if (excluded && !(ent.isDirectory() && filter.walkExcluded(path.join(abs, ent.name)))) continue;
+      const reincludes = excluded && ent.isDirectory() && filter.walkExcluded(path.join(abs, ent.name));
+      if (excluded && !reincludes) continue;
       const r = rel ? `${rel}/${ent.name}` : ent.name;
-      if (!excluded) out.push(r);
+      // A directory that only holds re-included files is still a match; selectOne drops it if it is empty.
+      out.push(r);
       if (ent.isDirectory() && level < depth) await visit(path.join(abs, ent.name), r, level + 1);
     }
   }
@@ -137,10 +152,15 @@ async function selectOne(
 ): Promise<Selection> {
   const abs = await resolveFollowing(root, rel, rootKind);
   const why = filter.excluded(abs);
-  if (why) throw new SourceExcluded(why);
   const st = await stat(abs);
+  // An excluded directory still counts when `!` patterns bring back something inside it, as in Docker.
+  if (why && !(st.isDirectory() && filter.walkExcluded(abs))) throw new SourceExcluded(why);
   if (st.isFile()) return { source: rel, kind: 'file', stat: st, entries: [{ rel: '', abs, stat: st }] };
-  if (st.isDirectory()) return { source: rel, kind: 'dir', stat: st, entries: shallow ? [] : await walk(abs, filter) };
+  if (st.isDirectory()) {
+    const entries = shallow && !why ? [] : await walk(abs, filter);
+    if (why && entries.length === 0) throw new SourceExcluded(why);
+    return { source: rel, kind: 'dir', stat: st, entries: shallow ? [] : entries };
+  }
   throw new SourceNotFound('is neither a file nor a directory');
 }
 
