@@ -150,6 +150,15 @@ describe('layergraph run', () => {
     expect(ok.status, ok.stderr).toBe(0);
     expect(await readdir(path.join(dir, 'out', 'blobs', 'sha256'))).toHaveLength(4);
 
+    // copy … from: an image whose directories we could not enter or write into without root
+    await writeFile(
+      path.join(dir, 'build.yaml'),
+      `${BUILD}  sealed:\n    steps:\n      - {id: ro, copy: src/, to: /x/, chmod: "0555"}\n      - {id: in, copy: app.conf, to: /x/sub/app.conf}\n      - {id: dark, copy: src/, to: /y/, chmod: "0600"}\n  reader:\n    steps:\n      - {id: take, from: sealed, copy: /x/sub/app.conf, to: /app.conf}\n      - {id: take2, from: sealed, copy: /y/lib.txt, to: /lib.txt}\n`,
+    );
+    const fromSealed = spawnSync('setpriv', run([]), dir);
+    expect(fromSealed.status, fromSealed.stderr).toBe(0);
+    await execFileAsync('rm', ['-rf', path.join(dir, 'cache', 'snapshots')], 65534);
+
     await writeFile(path.join(dir, 'app.conf'), 'debug = true\n');
     await chmod(path.join(dir, 'app.conf'), 0o000);
     const failed = spawnSync('setpriv', run([]), dir);
@@ -214,6 +223,11 @@ describe('layergraph run: paths and environment', () => {
     ]);
   });
 });
+
+/** `rm -rf` as another user: the cache must stay removable by the user who made it. */
+async function execFileAsync(cmd: string, args: string[], uid: number): Promise<void> {
+  execFileSync('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', '--', cmd, ...args], { stdio: 'pipe' });
+}
 
 function spawnSync(cmd: string, args: string[], cwd: string): { status: number | null; stdout: string; stderr: string } {
   try {

@@ -269,4 +269,29 @@ images:
     expect(result.steps.find((s) => s.step === 'bad')!.status).toBe('failed');
     expect(result.images).toEqual([]);
   });
+
+  it('copies out of an image with read-only and unsearchable directories, keeping their real modes', async () => {
+    const yaml = `version: 1
+images:
+  a:
+    steps:
+      - {id: ro, copy: d/, to: /x/, chmod: "0555"}
+      - {id: sub, copy: a.txt, to: /x/sub/a.txt}
+      - {id: noexec, copy: d/, to: /y/, chmod: "0644"}
+  b:
+    steps:
+      - {id: take, from: a, copy: /x/, to: /x/}
+      - {id: take2, from: a, copy: /y/f.txt, to: /y.txt}
+`;
+    const { result, dir } = await build(yaml, { d: { dir: { 'f.txt': 'f' } }, 'a.txt': 'a' });
+    const take = await tarEntries(dir, result.steps.find((s) => s.step === 'take')!.layer!.digest);
+    expect(take.map((e) => [e.name, e.mode.toString(8)])).toEqual([
+      ['x/', '755'],
+      ['x/f.txt', '555'],
+      ['x/sub/', '755'],
+      ['x/sub/a.txt', '644'],
+    ]);
+    const take2 = await tarEntries(dir, result.steps.find((s) => s.step === 'take2')!.layer!.digest);
+    expect(take2.map((e) => [e.name, e.mode.toString(8)])).toEqual([['y.txt', '644']]);
+  });
 });

@@ -191,8 +191,10 @@ class BuildRun {
         if (this.opts.signal?.aborted || this.firstError) throw new Skipped();
         startMs = this.now();
         this.emit({ type: 'step-start', image: image.name, step: step.id, atMs: startMs });
-        const sourceRoot = source ? await this.snapshots.materialize(source.key, source.layers) : this.spec.context;
-        const selections = await copySelections(step, sourceRoot, { filter: source ? NO_FILTER : this.filter });
+        const snapshot = source ? await this.snapshots.materialize(source.key, source.layers) : undefined;
+        const selections = snapshot
+          ? await copySelections(step, snapshot.root, { realModes: snapshot.realModes })
+          : await copySelections(step, this.spec.context, { filter: this.filter });
         const plan = planCopy(selections, step, parent?.dirs ?? new Map());
         const material = copyMaterial(step, await copyInputs(step, selections, this.hasher), parent?.chain ?? null, this.opts.sourceDateEpoch);
         const key = await stepKey(material);

@@ -37,6 +37,8 @@ export interface SelectOptions {
   shallow?: boolean;
   /** What of the root may not be read (the context's .dockerignore, the build's own directories). */
   filter?: ContextFilter;
+  /** Modes that differ from what is on disk, by path relative to the root (see build/snapshots.ts). */
+  realModes?: ReadonlyMap<string, number>;
 }
 
 export interface SourceRef {
@@ -82,7 +84,16 @@ export async function selectSources(
     }
   }
   if (issues.length) throw new ConfigError(issues);
+  if (opts.realModes?.size) applyRealModes(realRoot, selections, opts.realModes);
   return selections;
+}
+
+function applyRealModes(root: string, selections: Selection[], realModes: ReadonlyMap<string, number>): void {
+  const fix = (abs: string, st: Stats): void => {
+    const real = realModes.get(path.relative(root, abs).split(path.sep).join('/'));
+    if (real !== undefined) st.mode = (st.mode & ~0o7777) | real;
+  };
+  for (const sel of selections) for (const e of sel.entries) fix(e.abs, e.stat);
 }
 
 class SourceNotFound extends Error {}

@@ -19,6 +19,14 @@ import { cleanRelative, secureJoin } from '../util/secure-join.js';
 export interface ApplyOptions {
   /** chown entries to their uid/gid (only works as root); default: only when process.getuid?.() === 0 */
   preserveOwner?: boolean;
+  /**
+   * Keep the tree usable by us without root: directories get at least u+rwx
+   * and files u+rw on disk, so a later layer can write into a 0555 directory
+   * and a reader can open a 0000 file. The mode each such entry really has is
+   * recorded here (keyed by path relative to the root; an entry written with
+   * its exact mode is removed), across as many layers as share the map.
+   */
+  realModes?: Map<string, number>;
 }
 
 export interface ApplyResult {
@@ -42,7 +50,7 @@ export async function applyLayer(gzipOrTar: Readable, destDir: string, opts: App
   // destDir cannot make "inside" mean two different places.
   const root = await realpath(destDir);
   const isRoot = process.getuid?.() === 0;
-  const applier = new Applier(root, opts.preserveOwner ?? isRoot, isRoot);
+  const applier = new Applier(root, opts.preserveOwner ?? isRoot, isRoot, opts.realModes);
 
   const hash = createHash('sha256');
   const extract = tar.extract();
@@ -85,7 +93,17 @@ class Applier {
     private readonly root: string,
     private readonly preserveOwner: boolean,
     private readonly mayMknod: boolean,
+    private readonly realModes: Map<string, number> | undefined,
   ) {}
+
+  /** The mode to put on disk for `rel`: the layer's, or widened for us when asked to keep the tree usable. */
+  private diskMode(rel: string, mode: number, needed: number): number {
+    if (!this.realModes) return mode;
+    const disk = mode | needed;
+    if (disk === mode) this.realModes.delete(rel);
+    else this.realModes.set(rel, mode);
+    return disk;
+  }
 
   async apply(header: Entry, body: EntryStream): Promise<void> {
     await this.applyEntry(header, body);
@@ -106,7 +124,7 @@ class Applier {
       const host = await secureJoin(this.root, rel);
       const st = await lstatOrNull(host);
       if (!st?.isDirectory()) continue;
-      await chmod(host, meta.mode);
+      await chmod(host, this.diskMode(rel, meta.mode, 0o700));
       await utimes(host, meta.mtime, meta.mtime);
     }
   }
@@ -149,7 +167,7 @@ class Applier {
         await writeFileExclusive(host, body);
         await this.chown(host, uid, gid);
         // After chown, which clears setuid/setgid.
-        await chmod(host, mode);
+        await chmod(host, this.diskMode(hostRel, mode, 0o600));
         await utimes(host, mtime, mtime);
         break;
       case 'symlink':
