@@ -89,7 +89,7 @@ export async function assembleImages(input: AssembleInput): Promise<BuiltImage[]
       tags: image.tags,
       manifest,
       platform: state.platform,
-      blobs: [manifest.digest, config.digest, ...state.layers.map((l) => l.digest)],
+      blobs: [manifest, config, ...state.layers],
     });
   }
   if (input.outDir) await writeLayout(input.outDir, input.store, layout);

@@ -1,6 +1,6 @@
 /**
- * What a copy step reads, and the key material made of it. Kept apart from
- * the executor so `plan` can key a step without building it.
+ * What a copy step reads, and the key material made of it: everything needed
+ * to key a step without building it (a later `plan` command can use it as is).
  */
 import path from 'node:path';
 import { runBounded } from '../util/bounded.js';

@@ -24,6 +24,7 @@ import { loadContextFilter, NO_FILTER, type ContextFilter } from '../context/con
 import { ContentHasher } from '../context/file-hasher.js';
 import { ConfigError, LayergraphError, StepError } from '../errors.js';
 import { CopyDestinationError, mergeDirs, planCopy, type CopyPlan, type DirMeta } from '../exec/copy-step.js';
+import { destinationIssue, validateSources } from './validate-sources.js';
 import { buildGraph, imagesFor, nodeId } from '../graph/build-graph.js';
 import { packLayer } from '../oci/layer-pack.js';
 import { hashValue } from '../util/xxhash.js';
@@ -78,6 +79,11 @@ interface StepTask {
 /** Rejects the tasks of steps that cannot run because something they need failed. */
 class Skipped extends Error {}
 
+/**
+ * Build `spec`. A problem found before any work (a copy source that is
+ * missing, excluded or leaves the context) throws a ConfigError; a failure
+ * while building is in the result's `error`, with every step's outcome.
+ */
 export async function runBuild(spec: BuildSpec, opts: BuildOptions): Promise<BuildResult> {
   return new BuildRun(spec, opts).execute();
 }
@@ -108,15 +114,17 @@ class BuildRun {
     this.images = imagesFor(spec, opts.targets);
     this.store = new ContentStore(opts.cacheDir);
     this.records = new StepRecords(opts.cacheDir);
-    this.snapshots = new SnapshotCache(opts.cacheDir, this.store);
+    this.snapshots = new SnapshotCache(opts.cacheDir, this.store, () => this.tmpRoot);
     this.jobs = new Semaphore(Math.max(1, opts.jobs));
     this.tmpRoot = path.join(opts.cacheDir, 'tmp', `${ownerTag()}-${randomBytes(4).toString('hex')}`);
   }
 
   async execute(): Promise<BuildResult> {
     await sweepStale(this.opts.cacheDir);
-    await mkdir(this.tmpRoot, { recursive: true });
     this.filter = await loadContextFilter(this.spec.context, [this.opts.cacheDir, ...(this.opts.outDir ? [this.opts.outDir] : [])]);
+    // Every source problem at once, before any work.
+    await validateSources(this.spec, this.images, this.filter);
+    await mkdir(this.tmpRoot, { recursive: true });
     this.emit({ type: 'plan', steps: this.images.flatMap((img) => img.steps.map((s) => ({ image: img.name, step: s.id }))) });
     try {
       // Every task exists before any starts: a step may need one declared after it.
@@ -152,28 +160,20 @@ class BuildRun {
   }
 
   private prepareStep(image: ImageSpec, step: CopyStep): { task: StepTask; start: () => void } {
-    let resolveKeyed!: (keyed: Promise<Keyed>) => void;
-    let rejectKeyed!: (err: unknown) => void;
-    let published = false;
+    let publish!: (keyed: Promise<Keyed>) => void;
+    let failKeyed!: (err: unknown) => void;
     const keyed = new Promise<Keyed>((resolve, reject) => {
-      resolveKeyed = resolve;
-      rejectKeyed = reject;
+      publish = resolve;
+      failKeyed = reject;
     });
     keyed.catch(() => undefined);
-    const publish = (k: Promise<Keyed>): void => {
-      published = true;
-      resolveKeyed(k);
-    };
-    let run!: () => void;
-    const layer = new Promise<LayerRef | null>((resolve, reject) => {
-      run = () => this.runStep(image, step, publish).then(resolve, reject);
-    });
-    // A step that stops before it is keyed leaves its key to fail the same way;
-    // one that fails later has published already, and steps above it keep theirs.
-    layer.catch((err: unknown) => {
-      if (!published) rejectKeyed(err);
-    });
-    return { task: { keyed, layer }, start: run };
+    let start!: () => void;
+    const started = new Promise<void>((resolve) => (start = resolve));
+    const layer = started.then(() => this.runStep(image, step, publish));
+    // A step that stops before it is keyed fails its key the same way; once
+    // published, a promise's fate is fixed and this does nothing.
+    layer.catch(failKeyed);
+    return { task: { keyed, layer }, start };
   }
 
   private async runStep(image: ImageSpec, step: CopyStep, publish: (keyed: Promise<Keyed>) => void): Promise<LayerRef | null> {
@@ -368,9 +368,7 @@ interface Flight {
 
 /** Errors a user can act on keep their kind; anything else becomes a step failure that names the step. */
 function asUserError(err: unknown, image: ImageSpec, step: CopyStep): Error {
-  if (err instanceof CopyDestinationError) {
-    return new ConfigError([{ pos: step.keyPos.to ?? step.pos, path: `images.${image.name}.steps.${step.id}.to`, message: err.message }]);
-  }
+  if (err instanceof CopyDestinationError) return new ConfigError([destinationIssue(image, step, err)]);
   if (err instanceof LayergraphError) return err;
   const message = err instanceof Error ? err.message : String(err);
   return new StepError(image.name, step.id, message, step.pos, { cause: err });

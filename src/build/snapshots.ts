@@ -30,6 +30,8 @@ export class SnapshotCache {
   constructor(
     private readonly cacheDir: string,
     private readonly store: ContentStore,
+    /** Where to unpack before the rename: the run's temp dir, which the sweep cleans after a crash. */
+    private readonly tmpDir: () => string,
   ) {}
 
   materialize(imageKey: string, layers: LayerRef[]): Promise<Snapshot> {
@@ -49,8 +51,9 @@ export class SnapshotCache {
       if (saved) return { root: dir, realModes: new Map(saved) };
       await rm(dir, { recursive: true, force: true }); // no modes beside it: not one of ours, or half removed
     }
-    const tmp = path.join(this.cacheDir, 'snapshots', `.tmp-${imageKey}-${randomBytes(4).toString('hex')}`);
+    const tmp = path.join(this.tmpDir(), `snapshot-${imageKey}-${randomBytes(4).toString('hex')}`);
     await mkdir(tmp, { recursive: true });
+    await mkdir(path.dirname(dir), { recursive: true });
     const realModes = new Map<string, number>();
     try {
       for (const layer of layers) {

@@ -10,19 +10,19 @@
  */
 import { readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { ownerTag } from '../util/owner-tag.js';
+import { parseOwnerTag, thisHost } from '../util/owner-tag.js';
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 
 export async function sweepStale(cacheDir: string): Promise<void> {
-  const host = ownerTag().split('.')[0];
+  const host = thisHost();
   for (const sub of ['tmp', 'ingest']) {
     const dir = path.join(cacheDir, sub);
     const names = await readdir(dir).catch(() => [] as string[]);
     for (const name of names) {
-      const m = /^([A-Za-z0-9_-]+)\.(\d+)-/.exec(name);
+      const owner = parseOwnerTag(name);
       const abs = path.join(dir, name);
-      const deadHere = m !== null && m[1] === host && !isAlive(Number(m[2]));
+      const deadHere = owner !== undefined && owner.host === host && !isAlive(owner.pid);
       const old = !deadHere && Date.now() - ((await stat(abs).catch(() => undefined))?.mtimeMs ?? Date.now()) > DAY_MS;
       if (deadHere || old) await rm(abs, { recursive: true, force: true }).catch(() => undefined);
     }

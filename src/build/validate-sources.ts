@@ -5,14 +5,13 @@
  * are not listed here. Sources in other images are only known once those
  * images are built.
  */
-import type { BuildSpec } from '../config/types.js';
+import type { BuildSpec, CopyStep, ImageSpec } from '../config/types.js';
+import type { ContextFilter } from '../context/context-filter.js';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 import { CopyDestinationError, planCopy } from '../exec/copy-step.js';
-import { loadContextFilter } from '../context/context-filter.js';
 import { copySelections } from './copy-inputs.js';
 
-export async function validateSources(spec: BuildSpec, images = spec.images, ownDirs: string[] = []): Promise<void> {
-  const filter = await loadContextFilter(spec.context, ownDirs);
+export async function validateSources(spec: BuildSpec, images: ImageSpec[], filter: ContextFilter): Promise<void> {
   const issues: ConfigIssue[] = [];
   for (const image of images) {
     for (const step of image.steps) {
@@ -21,11 +20,15 @@ export async function validateSources(spec: BuildSpec, images = spec.images, own
         planCopy(await copySelections(step, spec.context, { shallow: true, filter }), step, new Map());
       } catch (err) {
         if (err instanceof ConfigError) issues.push(...err.issues);
-        else if (err instanceof CopyDestinationError) {
-          issues.push({ pos: step.keyPos.to ?? step.pos, path: `images.${image.name}.steps.${step.id}.to`, message: err.message });
-        } else throw err;
+        else if (err instanceof CopyDestinationError) issues.push(destinationIssue(image, step, err));
+        else throw err;
       }
     }
   }
   if (issues.length) throw new ConfigError(issues);
+}
+
+/** A `to` that does not fit its sources, pinned to the `to` of the build file. */
+export function destinationIssue(image: ImageSpec, step: CopyStep, err: CopyDestinationError): ConfigIssue {
+  return { pos: step.keyPos.to ?? step.pos, path: `images.${image.name}.steps.${step.id}.to`, message: err.message };
 }

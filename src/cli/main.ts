@@ -9,7 +9,8 @@ import { runBuild, type BuildResult } from '../build/run-build.js';
 import { loadBuildFile } from '../config/load.js';
 import { displayPath } from '../config/positions.js';
 import { validateSources } from '../build/validate-sources.js';
-import { buildGraph, imagesFor } from '../graph/build-graph.js';
+import { buildGraph } from '../graph/build-graph.js';
+import { loadContextFilter } from '../context/context-filter.js';
 import type { BuildSpec } from '../config/types.js';
 import { ConfigError, LayergraphError, UsageError, formatIssue } from '../errors.js';
 import { jsonReport, markdownReport, textReport } from '../report/summary.js';
@@ -51,7 +52,8 @@ async function dispatch(args: ParsedArgs, io: CliIo): Promise<number> {
       const spec = await load(args.file, io);
       buildGraph(spec);
       // The same own directories `run` would leave out with its defaults.
-      await validateSources(spec, spec.images, [defaultCacheDir(io.env), path.resolve(io.cwd, 'out')]);
+      const filter = await loadContextFilter(spec.context, [defaultCacheDir(io.env), path.resolve(io.cwd, 'out')]);
+      await validateSources(spec, spec.images, filter);
       const steps = spec.images.reduce((n, img) => n + img.steps.length, 0);
       io.stdout.write(`${displayPath(spec.file)}: ok (${spec.images.length} images, ${steps} steps)\n`);
       return EXIT.ok;
@@ -80,8 +82,6 @@ async function runCommand(file: string, values: Record<string, unknown>, io: Cli
   const epoch = sourceDateEpoch(io.env);
   const cacheDir = await userDir('--cache-dir', (values['cache-dir'] as string | undefined) ?? defaultCacheDir(io.env), io);
   const outDir = await userDir('--out', (values.out as string | undefined) ?? 'out', io);
-  buildGraph(spec);
-  await validateSources(spec, imagesFor(spec, targets), [cacheDir, outDir]);
   const progress = createProgress(progressMode as ProgressMode, io.stderr, io.env);
   let result: BuildResult;
   try {

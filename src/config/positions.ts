@@ -3,9 +3,9 @@
  * the document (as JSON Schema's instance paths and the loader use them) to
  * the YAML node, its line:col, and an excerpt with a caret for messages.
  */
-import path from 'node:path';
 import { isAlias, isMap, isNode, isPair, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node, type Pair } from 'yaml';
 import type { ConfigIssue, SourcePos } from '../errors.js';
+import { relInside } from '../util/path-inside.js';
 
 /** One step into the document: a mapping key or a list index. */
 export type Segment = string | number;
@@ -155,9 +155,7 @@ export function nameOfMapping(at: readonly Segment[]): string {
 
 /** `file` relative to the working directory when it is under it, else as it is. */
 export function displayPath(file: string): string {
-  const rel = path.relative(process.cwd(), file);
-  const outside = rel === '..' || rel.startsWith(`..${path.sep}`) || path.isAbsolute(rel);
-  return rel && !outside ? rel : file;
+  return relInside(process.cwd(), file) ?? file;
 }
 
 /**

@@ -9,6 +9,7 @@ import { readFile, realpath } from 'node:fs/promises';
 import path from 'node:path';
 import dockerignore from '@balena/dockerignore';
 import { UsageError } from '../errors.js';
+import { relInside } from '../util/path-inside.js';
 
 export const IGNORE_FILE = '.dockerignore';
 
@@ -32,11 +33,8 @@ export async function loadContextFilter(context: string, ownDirs: string[]): Pro
   // the module object, which at run time is also the function.
   const ig = (dockerignore as unknown as typeof dockerignore.default)().add(patterns);
   const exceptionPrefixes = patterns.filter((p) => p.startsWith('!')).map(staticPrefix);
-  const isOwn = (abs: string): boolean => own.some((d) => abs === d || abs.startsWith(d + path.sep));
-  const relOf = (abs: string): string | undefined => {
-    const rel = path.relative(root, abs);
-    return !rel || rel.startsWith('..') || path.isAbsolute(rel) ? undefined : rel.split(path.sep).join('/');
-  };
+  const isOwn = (abs: string): boolean => own.some((d) => abs === d || relInside(d, abs) !== undefined);
+  const relOf = (abs: string): string | undefined => relInside(root, abs);
   return {
     excluded(absPath) {
       if (isOwn(absPath)) return 'it is this build’s own output or cache';

@@ -12,6 +12,7 @@ import path from 'node:path';
 import picomatch from 'picomatch';
 import type { SourcePos } from '../errors.js';
 import { ConfigError, PathEscapeError } from '../errors.js';
+import { relInside } from '../util/path-inside.js';
 import { NO_FILTER, type ContextFilter } from './context-filter.js';
 
 export interface SelectedEntry {
@@ -90,7 +91,8 @@ export async function selectSources(
 
 function applyRealModes(root: string, selections: Selection[], realModes: ReadonlyMap<string, number>): void {
   const fix = (abs: string, st: Stats): void => {
-    const real = realModes.get(path.relative(root, abs).split(path.sep).join('/'));
+    const rel = relInside(root, abs);
+    const real = rel === undefined ? undefined : realModes.get(rel);
     if (real !== undefined) st.mode = (st.mode & ~0o7777) | real;
   };
   for (const sel of selections) for (const e of sel.entries) fix(e.abs, e.stat);
@@ -185,7 +187,7 @@ async function resolveFollowing(root: string, rel: string, rootKind: RootKind): 
     if (isMissing(err)) throw new SourceNotFound('does not exist');
     throw err;
   }
-  if (real !== root && !real.startsWith(root + path.sep)) {
+  if (real !== root && relInside(root, real) === undefined) {
     throw new PathEscapeError(rel, root, `resolves to ${real}, outside ${root}`);
   }
   return real;

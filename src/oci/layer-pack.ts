@@ -1,5 +1,5 @@
 /**
- * Packing a directory (usually an overlayfs upper dir) into an OCI layer:
+ * Packing a directory (a step's upper) into an OCI layer:
  * a tar whose bytes depend only on the tree's content, gzipped so the blob
  * does not depend on the machine either.
  */
@@ -281,11 +281,12 @@ async function inodeKey(abs: string): Promise<string> {
   return `${st.dev}:${st.ino}`;
 }
 
-/** Any entry without a body; for an empty regular file tar-stream still wants the (empty) body written. */
 /**
  * Entries whose bytes are in memory go to tar-stream without waiting for each
  * to pass through gzip: waiting made every small file a round trip to zlib's
- * thread. At most QUEUE_BYTES are outstanding, so memory stays bounded.
+ * thread. At most QUEUE_BYTES are outstanding, so memory stays bounded. An
+ * entry without a body that is an (empty) regular file still gets an empty
+ * body, which tar-stream wants written.
  */
 class EntryQueue {
   private readonly pending: Array<{ done: Promise<void>; size: number }> = [];

@@ -6,9 +6,9 @@
  * content store, to a temp name first, so a reader never sees a partial blob.
  */
 import { constants } from 'node:fs';
-import { copyFile, mkdir, rename, rm } from 'node:fs/promises';
+import { copyFile, mkdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { sha256File, type BlobInfo, type ContentStore } from '../cache/content-store.js';
+import type { BlobInfo, ContentStore } from '../cache/content-store.js';
 import type { Platform } from '../config/types.js';
 import { tempSibling, writeFileAtomic } from '../util/fs-atomic.js';
 import { ANNOTATION_REF_NAME, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST } from './media-types.js';
@@ -19,13 +19,13 @@ export interface LayoutImage {
   manifest: BlobInfo;
   platform: Platform;
   /** Every blob the manifest needs: config, layers, the manifest itself. */
-  blobs: string[];
+  blobs: BlobInfo[];
 }
 
 export async function writeLayout(outDir: string, store: ContentStore, images: LayoutImage[]): Promise<void> {
   await mkdir(path.join(outDir, 'blobs', 'sha256'), { recursive: true });
-  const digests = [...new Set(images.flatMap((img) => img.blobs))];
-  await Promise.all(digests.map((d) => copyBlob(store, d, outDir)));
+  const blobs = new Map(images.flatMap((img) => img.blobs.map((b) => [b.digest, b.size] as const)));
+  await Promise.all([...blobs].map(([digest, size]) => copyBlob(store, digest, size, outDir)));
   await writeFileAtomic(path.join(outDir, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
   const manifests = images.flatMap((img) =>
     [img.name, ...img.tags].map((ref) => ({
@@ -40,10 +40,14 @@ export async function writeLayout(outDir: string, store: ContentStore, images: L
   await writeFileAtomic(path.join(outDir, 'index.json'), JSON.stringify(index, null, 2) + '\n');
 }
 
-/** A blob already in the layout is kept only if it still hashes to its name: the layout is not ours alone. */
-async function copyBlob(store: ContentStore, digest: string, outDir: string): Promise<void> {
+/**
+ * A blob already in the layout with the right size is kept: hashing it again
+ * would read every layer a second time on every warm run (the store's copy
+ * was verified on reuse). A truncated or half-written one is replaced.
+ */
+async function copyBlob(store: ContentStore, digest: string, size: number, outDir: string): Promise<void> {
   const target = path.join(outDir, 'blobs', 'sha256', digest.slice('sha256:'.length));
-  if ((await sha256File(target).catch(() => undefined)) === digest) return;
+  if ((await stat(target).catch(() => undefined))?.size === size) return;
   const tmp = tempSibling(target);
   try {
     await copyFile(store.blobPath(digest), tmp, constants.COPYFILE_FICLONE);

@@ -7,3 +7,13 @@ import os from 'node:os';
 export function ownerTag(): string {
   return `${os.hostname().replace(/[^A-Za-z0-9-]/g, '_')}.${process.pid}`;
 }
+
+/** The host and pid of a name that starts with an owner tag (`<tag>-…`), if it does. */
+export function parseOwnerTag(name: string): { host: string; pid: number } | undefined {
+  const m = /^([A-Za-z0-9_-]+)\.(\d+)-/.exec(name);
+  return m ? { host: m[1]!, pid: Number(m[2]) } : undefined;
+}
+
+export function thisHost(): string {
+  return ownerTag().split('.')[0]!;
+}
