@@ -31,7 +31,7 @@ import { hashValue } from '../util/xxhash.js';
 import { assembleImages, type BuiltImage } from './assemble.js';
 import { copyInputs, copyMaterial, copySelections } from './copy-inputs.js';
 import type { BuildEvent, StepResult } from './events.js';
-import { Semaphore } from './semaphore.js';
+import { Semaphore } from '../util/semaphore.js';
 import { SnapshotCache } from './snapshots.js';
 import { ownerTag } from '../util/owner-tag.js';
 import { sweepStale } from './sweep.js';

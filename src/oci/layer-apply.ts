@@ -36,6 +36,11 @@ export interface ApplyResult {
   skippedDevices: number;
 }
 
+// Today every layer applied here is one layergraph packed from a copy step;
+// whiteouts, opaque directories, hardlinks and device nodes are handled on
+// purpose all the same: base images from registries and `run` steps (their
+// overlay uppers) bring them, and the safety rules must hold for those too.
+
 /**
  * Extracts `gzipOrTar` into `destDir` (created if missing). Entries are
  * applied as they stream; on error the directory is left partly applied, so
