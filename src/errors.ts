@@ -15,6 +15,7 @@ export type ErrorCode =
   | 'PATH_ESCAPE'
   | 'STEP_FAILED'
   | 'CACHE_CORRUPT'
+  | 'IMAGE_INVALID'
   | 'USAGE';
 
 export class LayergraphError extends Error {
@@ -79,6 +80,13 @@ export class StepError extends LayergraphError {
 export class CacheCorruptError extends LayergraphError {
   constructor(message: string) {
     super('CACHE_CORRUPT', message);
+  }
+}
+
+/** An image (a layout we read, a layer in it) that is damaged or not what its descriptors say. */
+export class InvalidImageError extends LayergraphError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('IMAGE_INVALID', message, options);
   }
 }
 

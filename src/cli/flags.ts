@@ -31,6 +31,11 @@ export const COMMANDS = {
     summary: 'check a build file (schema, references, cycles, copy sources) without building',
     flags: {},
   },
+  unpack: {
+    usage: 'layergraph unpack <oci-layout>[:<ref>] <dir>',
+    summary: "apply an image's layers from an OCI layout into a root filesystem",
+    flags: {},
+  },
 } satisfies Record<string, { usage: string; summary: string; flags: Record<string, FlagSpec> }>;
 
 export type CommandName = keyof typeof COMMANDS;
@@ -38,7 +43,14 @@ export type CommandName = keyof typeof COMMANDS;
 export type ParsedArgs =
   | { command: 'help'; topic?: CommandName }
   | { command: 'version' }
-  | { command: CommandName; file: string; values: Record<string, string | string[] | boolean | undefined> };
+  | {
+      command: CommandName;
+      /** The first argument: the build file, or for `unpack` the layout and ref. */
+      file: string;
+      /** Arguments after the first. */
+      args: string[];
+      values: Record<string, string | string[] | boolean | undefined>;
+    };
 
 export function parseCli(argv: string[]): ParsedArgs {
   const [first, ...rest] = argv;
@@ -69,10 +81,11 @@ export function parseCli(argv: string[]): ParsedArgs {
   } catch (err) {
     throw new UsageError(`${(err as Error).message.replace(/\. To specify.*$/s, '')} (see layergraph ${command} --help)`);
   }
+  const wanted = command === 'unpack' ? 2 : 1;
   const [file, ...extra] = parsed.positionals;
-  if (!file) throw new UsageError(`\`${command}\` needs a build file: ${COMMANDS[command].usage}`);
-  if (extra.length) throw new UsageError(`unexpected argument \`${extra[0]}\`: ${COMMANDS[command].usage}`);
-  return { command, file, values: parsed.values as Record<string, string | string[] | boolean | undefined> };
+  if (!file || extra.length < wanted - 1) throw new UsageError(`\`${command}\` needs more arguments: ${COMMANDS[command].usage}`);
+  if (extra.length > wanted - 1) throw new UsageError(`unexpected argument \`${extra[wanted - 1]}\`: ${COMMANDS[command].usage}`);
+  return { command, file, args: extra, values: parsed.values as Record<string, string | string[] | boolean | undefined> };
 }
 
 export function helpText(topic?: CommandName): string {
@@ -81,7 +94,7 @@ export function helpText(topic?: CommandName): string {
     return [
       'layergraph: build OCI images from a YAML graph of steps, with a layer cache that explains every miss',
       '',
-      'Usage: layergraph <command> <build.yaml> [flags]',
+      'Usage: layergraph <command> <build.yaml> [flags]   (unpack: layergraph unpack <oci-layout>[:<ref>] <dir>)',
       '',
       'Commands:',
       ...cmds,

@@ -10,6 +10,7 @@ import { loadBuildFile } from '../config/load.js';
 import { displayPath } from '../config/positions.js';
 import { validateSources } from '../build/validate-sources.js';
 import { buildGraph } from '../graph/build-graph.js';
+import { parseLayoutRef, unpackImage } from '../oci/unpack.js';
 import { loadContextFilter } from '../context/context-filter.js';
 import type { BuildSpec } from '../config/types.js';
 import { ConfigError, LayergraphError, UsageError, formatIssue } from '../errors.js';
@@ -60,6 +61,13 @@ async function dispatch(args: ParsedArgs, io: CliIo): Promise<number> {
     }
     case 'run':
       return runCommand(args.file, args.values, io);
+    case 'unpack': {
+      const { layout, ref } = parseLayoutRef(args.file);
+      const dest = path.resolve(io.cwd, args.args[0]!);
+      const res = await unpackImage(path.resolve(io.cwd, layout), ref, dest);
+      io.stdout.write(`unpacked ${res.manifestDigest} (${res.layers} layers) into ${dest}\n`);
+      return EXIT.ok;
+    }
   }
 }
 
