@@ -15,6 +15,7 @@ import {
   type ImageState,
 } from '../oci/image-config.js';
 import { writeLayout, type LayoutImage } from '../oci/layout.js';
+import type { BaseImage } from '../oci/base-image.js';
 import { describeCopy } from './copy-inputs.js';
 
 export interface BuiltImage {
@@ -33,6 +34,8 @@ export interface AssembleInput {
   outputs: ImageSpec[];
   layerOrder: Map<string, StepSpec[]>;
   layerOf: (image: string, step: string) => Promise<LayerRef | null>;
+  /** The imported base of an image built `from: oci:…` and friends. */
+  externalBase: (image: ImageSpec) => Promise<BaseImage>;
   outDir: string | undefined;
   sourceDateEpoch: number;
 }
@@ -44,7 +47,14 @@ export async function assembleImages(input: AssembleInput): Promise<BuiltImage[]
     let p = states.get(name);
     if (!p) {
       const image = input.images.find((i) => i.name === name)!;
-      p = imageState(image, image.from.kind === 'image' ? stateOf(image.from.image) : Promise.resolve(SCRATCH));
+      p = imageState(
+        image,
+        image.from.kind === 'image'
+          ? stateOf(image.from.image)
+          : image.from.kind === 'base'
+            ? input.externalBase(image).then(baseState)
+            : Promise.resolve(SCRATCH),
+      );
       states.set(name, p);
     }
     return p;
@@ -94,4 +104,9 @@ export async function assembleImages(input: AssembleInput): Promise<BuiltImage[]
   }
   if (input.outDir) await writeLayout(input.outDir, input.store, layout);
   return built;
+}
+
+/** A base image as the images built on it start: its layers as they are, its config and history. */
+function baseState(base: BaseImage): ImageState {
+  return { platform: base.platform, layers: base.layers, history: base.history, config: base.config };
 }

@@ -22,7 +22,9 @@ import { StepRecords, type LayerRef } from '../cache/step-records.js';
 import type { BuildSpec, CopyStep, ImageSpec } from '../config/types.js';
 import { loadContextFilter, NO_FILTER, type ContextFilter } from '../context/context-filter.js';
 import { ContentHasher } from '../context/file-hasher.js';
-import { ConfigError, LayergraphError, StepError } from '../errors.js';
+import { ConfigError, LayergraphError, StepError, UsageError } from '../errors.js';
+import { importBase, layerDirs, type BaseImage } from '../oci/base-image.js';
+import { hostPlatform } from '../oci/image-config.js';
 import { CopyDestinationError, mergeDirs, planCopy, type CopyPlan, type DirMeta } from '../exec/copy-step.js';
 import { destinationIssue, validateSources } from './validate-sources.js';
 import { buildGraph, imagesFor, nodeId } from '../graph/build-graph.js';
@@ -101,6 +103,7 @@ class BuildRun {
   private readonly results = new Map<string, StepResult>();
   private readonly tasks = new Map<string, StepTask>();
   private readonly imageKeys = new Map<string, Promise<{ key: string; dirs: DirMeta }>>();
+  private readonly externals = new Map<string, Promise<{ image: BaseImage; dirs: DirMeta }>>();
   /** One flight per key: steps with the same key in one run (a shared linked step) build once. */
   private readonly flights = new Map<string, { by: string; done: Promise<Flight> }>();
   private firstError: { error: Error; by: string } | undefined;
@@ -153,6 +156,7 @@ class BuildRun {
       outputs,
       layerOrder: this.layerOrder,
       layerOf: (image, step) => this.task(image, step).layer,
+      externalBase: async (image) => (await this.external(image)).image,
       outDir: this.opts.outDir,
       sourceDateEpoch: this.opts.sourceDateEpoch,
     });
@@ -283,8 +287,36 @@ class BuildRun {
 
   private async baseOf(image: ImageSpec): Promise<{ chain: string; dirs: DirMeta }> {
     if (image.from.kind === 'scratch') return { chain: 'scratch', dirs: new Map() };
+    if (image.from.kind === 'base') {
+      const base = await this.external(image);
+      return { chain: `base:${base.image.manifestDigest}`, dirs: base.dirs };
+    }
     const base = await this.imageKeyed(image.from.image);
     return { chain: base.key, dirs: base.dirs };
+  }
+
+  /** A base image from outside the file, imported once per run (one flight per `from`). */
+  private external(image: ImageSpec): Promise<{ image: BaseImage; dirs: DirMeta }> {
+    if (image.from.kind !== 'base') throw new Error(`internal: ${image.name} has no external base`);
+    const from = image.from;
+    let p = this.externals.get(from.text);
+    if (!p) {
+      p = (async () => {
+        try {
+          const base = await importBase(from.ref, this.store, image.platform ?? hostPlatform());
+          return { image: base, dirs: await layerDirs(base.layers, this.store) };
+        } catch (err) {
+          // A base that is missing or not an image is a problem of the build file: point at its `from`.
+          if (err instanceof UsageError || (err as NodeJS.ErrnoException).code === 'ENOENT') {
+            throw new ConfigError([{ pos: from.pos, path: `images.${image.name}.from`, message: `\`from: ${from.text}\`: ${(err as Error).message}` }]);
+          }
+          throw err;
+        }
+      })();
+      p.catch(() => undefined);
+      this.externals.set(from.text, p);
+    }
+    return p;
   }
 
   /** Key and directories of a whole image: its base, then every one of its layers in order. */
@@ -305,7 +337,12 @@ class BuildRun {
 
   private async imageLayers(name: string): Promise<LayerRef[]> {
     const image = this.images.find((i) => i.name === name)!;
-    const base = image.from.kind === 'image' ? await this.imageLayers(image.from.image) : [];
+    const base =
+      image.from.kind === 'image'
+        ? await this.imageLayers(image.from.image)
+        : image.from.kind === 'base'
+          ? (await this.external(image)).image.layers
+          : [];
     const own = await Promise.all(this.layerOrder.get(name)!.map((s) => this.task(name, s.id).layer));
     return [...base, ...own.filter((l): l is LayerRef => l !== null)];
   }

@@ -4,6 +4,7 @@
  */
 import path from 'node:path';
 import { isScalar } from 'yaml';
+import { parseBaseRef } from '../oci/base-image.js';
 import type { BuildSpec, CopyStep, ImageSpec } from './types.js';
 import type { Segment, SourceFile } from './positions.js';
 import { imageNames, type RawBuildFile, type RawImage, type RawStep } from './raw.js';
@@ -18,6 +19,14 @@ export function toBuildSpec(data: RawBuildFile, src: SourceFile): BuildSpec {
   };
 }
 
+/** `scratch`, an image of this file, or a base image from outside it (`oci:…`, relative to the build file). */
+function fromOf(from: string | undefined, src: SourceFile, at: Segment[]): ImageSpec['from'] {
+  if (from === undefined || from === 'scratch') return { kind: 'scratch' };
+  const pos = src.valuePos(at);
+  const ref = parseBaseRef(from, path.dirname(src.file));
+  return ref ? { kind: 'base', ref, text: from, pos } : { kind: 'image', image: from, pos };
+}
+
 function toImage(name: string, raw: RawImage, src: SourceFile): ImageSpec {
   const at: Segment[] = ['images', name];
   const env: Record<string, string> = {};
@@ -25,10 +34,7 @@ function toImage(name: string, raw: RawImage, src: SourceFile): ImageSpec {
   return {
     name,
     pos: src.keyPos(at),
-    from:
-      raw.from === undefined || raw.from === 'scratch'
-        ? { kind: 'scratch' }
-        : { kind: 'image', image: raw.from, pos: src.valuePos([...at, 'from']) },
+    from: fromOf(raw.from, src, [...at, 'from']),
     platform: raw.platform === undefined ? undefined : parsePlatform(raw.platform),
     env,
     workdir: raw.workdir,

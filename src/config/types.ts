@@ -4,6 +4,7 @@
  * node keeps where it came from so later errors can point at the YAML.
  */
 import type { SourcePos } from '../errors.js';
+import type { BaseRef } from '../oci/base-image.js';
 
 export interface BuildSpec {
   /** Absolute path of the build file. */
@@ -23,8 +24,11 @@ export interface Platform {
 export interface ImageSpec {
   name: string;
   pos: SourcePos;
-  /** `scratch` or the name of another image of this file. */
-  from: { kind: 'scratch' } | { kind: 'image'; image: string; pos: SourcePos };
+  /** `scratch`, the name of another image of this file, or a base image from outside it. */
+  from:
+    | { kind: 'scratch' }
+    | { kind: 'image'; image: string; pos: SourcePos }
+    | { kind: 'base'; ref: BaseRef; text: string; pos: SourcePos };
   /** Host platform unless the file sets `platform: os/arch[/variant]`. */
   platform: Platform | undefined;
   env: Record<string, string>;

@@ -19,7 +19,8 @@ export interface HistoryEntry {
 /** What an image passes on to images built `from` it. */
 export interface ImageState {
   platform: Platform;
-  layers: Array<BlobInfo & { diffId: string }>;
+  /** `mediaType` when not gzip (a base image's plain tar layers are kept as they are). */
+  layers: Array<BlobInfo & { diffId: string; mediaType?: string }>;
   history: HistoryEntry[];
   config: RuntimeConfig;
 }
@@ -72,12 +73,12 @@ export function configJson(state: ImageState, created: string): Uint8Array {
   return Buffer.from(JSON.stringify(config));
 }
 
-export function manifestJson(config: BlobInfo, layers: BlobInfo[]): Uint8Array {
+export function manifestJson(config: BlobInfo, layers: Array<BlobInfo & { mediaType?: string }>): Uint8Array {
   const manifest = {
     schemaVersion: 2,
     mediaType: MEDIA_TYPE_MANIFEST,
     config: { mediaType: MEDIA_TYPE_CONFIG, digest: config.digest, size: config.size },
-    layers: layers.map((l) => ({ mediaType: MEDIA_TYPE_LAYER_GZIP, digest: l.digest, size: l.size })),
+    layers: layers.map((l) => ({ mediaType: l.mediaType ?? MEDIA_TYPE_LAYER_GZIP, digest: l.digest, size: l.size })),
   };
   return Buffer.from(JSON.stringify(manifest));
 }

@@ -320,7 +320,8 @@ class Applier {
 }
 
 /** Opens the layer's bytes as a tar stream, unzipping when they start with the gzip magic. */
-async function uncompressed(input: Readable): Promise<Readable> {
+/** The tar bytes of a layer, gunzipped when it starts with gzip's magic. */
+export async function uncompressed(input: Readable): Promise<Readable> {
   const it = (input as AsyncIterable<unknown>)[Symbol.asyncIterator]();
   const head: Buffer[] = [];
   let length = 0;

@@ -1,0 +1,282 @@
+/**
+ * Base images from outside the build file: `oci:<dir>[:<ref>]`,
+ * `oci-archive:<file>[:<ref>]` and `docker-archive:<file>` (what `docker save`
+ * writes). Each is imported once into the content store — every blob checked
+ * against its digest on the way in — and its layers are then reused as they
+ * are: the output manifest points at the very same blobs, never repacked.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import tar from 'tar-stream';
+import type { ContentStore } from '../cache/content-store.js';
+import type { Platform } from '../config/types.js';
+import { InvalidImageError, UsageError } from '../errors.js';
+import { ANNOTATION_REF_NAME, MEDIA_TYPE_INDEX } from './media-types.js';
+import type { HistoryEntry, RuntimeConfig } from './image-config.js';
+import { uncompressed } from './layer-apply.js';
+import { writeFileAtomic } from '../util/fs-atomic.js';
+
+export type BaseTransport = 'oci' | 'oci-archive' | 'docker-archive';
+
+export interface BaseRef {
+  transport: BaseTransport;
+  /** Absolute path of the layout directory or archive file. */
+  path: string;
+  ref: string | undefined;
+}
+
+export interface BaseLayer {
+  digest: string;
+  size: number;
+  diffId: string;
+  mediaType: string;
+}
+
+export interface BaseImage {
+  /** What the keys of everything built on it include. */
+  manifestDigest: string;
+  platform: Platform;
+  config: RuntimeConfig;
+  history: HistoryEntry[];
+  layers: BaseLayer[];
+}
+
+const DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json';
+const DOCKER_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json';
+const LAYER_TAR = 'application/vnd.oci.image.layer.v1.tar';
+
+/** `oci:dir:ref` and friends, or undefined for anything else (`scratch`, an image of the file). */
+export function parseBaseRef(from: string, baseDir: string): BaseRef | undefined {
+  const m = /^(oci|oci-archive|docker-archive):(.+)$/.exec(from);
+  if (!m) return undefined;
+  const transport = m[1] as BaseTransport;
+  const rest = m[2]!;
+  // The path ends at the first ':' (a ref such as `registry/app:1.0` may hold more); docker-archive has no ref.
+  const i = transport === 'docker-archive' ? -1 : rest.indexOf(':');
+  const file = i === -1 ? rest : rest.slice(0, i);
+  return { transport, path: path.resolve(baseDir, file), ref: i === -1 ? undefined : rest.slice(i + 1) };
+}
+
+export async function importBase(ref: BaseRef, store: ContentStore, platform: Platform): Promise<BaseImage> {
+  if (ref.transport === 'oci') return importLayout(ref.path, ref.ref, store, platform, ref);
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'layergraph-base-'));
+  try {
+    await extractArchive(ref.path, dir);
+    return ref.transport === 'oci-archive'
+      ? await importLayout(dir, ref.ref, store, platform, ref)
+      : await importDockerArchive(dir, store, ref);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+async function importLayout(layout: string, wanted: string | undefined, store: ContentStore, platform: Platform, ref: BaseRef): Promise<BaseImage> {
+  const index = await readJsonFile<{ manifests?: Descriptor[] }>(path.join(layout, 'index.json'), ref);
+  const manifests = index.manifests ?? [];
+  const names = manifests.map((m) => m.annotations?.[ANNOTATION_REF_NAME]).filter(Boolean);
+  const desc =
+    wanted === undefined
+      ? new Set(manifests.map((m) => m.digest)).size === 1
+        ? manifests[0]
+        : undefined
+      : manifests.find((m) => m.annotations?.[ANNOTATION_REF_NAME] === wanted || m.digest === wanted);
+  if (!desc) {
+    throw new UsageError(
+      `${describe(ref)}: ${wanted === undefined ? 'holds several images; name one after a ":"' : `has no image \`${wanted}\``} (refs: ${names.join(', ') || 'none'})`,
+    );
+  }
+  const manifestDesc = await resolvePlatform(layout, desc, store, platform, ref);
+  const manifest = JSON.parse(await importBlob(layout, manifestDesc.digest, store, ref)) as { config: Descriptor; layers: Descriptor[] };
+  const config = JSON.parse(await importBlob(layout, manifest.config.digest, store, ref)) as ConfigJson;
+  const diffIds = config.rootfs?.diff_ids ?? [];
+  if (diffIds.length !== manifest.layers.length) {
+    throw new InvalidImageError(`${describe(ref)}: ${manifest.layers.length} layers but ${diffIds.length} diff_ids in its config`);
+  }
+  const layers: BaseLayer[] = [];
+  for (const [i, l] of manifest.layers.entries()) {
+    // Imported once: the store checked it on the way in and owns it since.
+    if (!(await store.has(l.digest))) {
+      await store.ingest(createReadStream(blobPath(layout, l.digest)), l.digest).catch((err: Error) => {
+        throw new InvalidImageError(`${describe(ref)}: layer ${l.digest}: ${err.message}`, { cause: err });
+      });
+    }
+    layers.push({ digest: l.digest, size: l.size, diffId: diffIds[i]!, mediaType: ociLayerType(l.mediaType) });
+  }
+  return toBase(manifestDesc.digest, config, layers);
+}
+
+/** An index (several platforms) resolves to the manifest for ours. */
+async function resolvePlatform(layout: string, desc: Descriptor, store: ContentStore, platform: Platform, ref: BaseRef): Promise<Descriptor> {
+  if (desc.mediaType !== MEDIA_TYPE_INDEX && desc.mediaType !== DOCKER_LIST) return desc;
+  const index = JSON.parse(await importBlob(layout, desc.digest, store, ref)) as { manifests: Descriptor[] };
+  const match = index.manifests.find(
+    (m) => m.platform?.os === platform.os && m.platform.architecture === platform.architecture && (!platform.variant || !m.platform.variant || m.platform.variant === platform.variant),
+  );
+  if (!match) {
+    const have = index.manifests.map((m) => `${m.platform?.os}/${m.platform?.architecture}`).join(', ');
+    throw new UsageError(`${describe(ref)}: no image for ${platform.os}/${platform.architecture} (it has ${have})`);
+  }
+  return match;
+}
+
+async function importDockerArchive(dir: string, store: ContentStore, ref: BaseRef): Promise<BaseImage> {
+  const manifests = await readJsonFile<Array<{ Config: string; Layers: string[] }>>(path.join(dir, 'manifest.json'), ref);
+  const entry = manifests[0];
+  if (!entry || manifests.length !== 1) {
+    throw new UsageError(`${describe(ref)}: holds ${manifests.length} images; layergraph takes an archive of exactly one`);
+  }
+  const configBytes = await readFile(inside(dir, entry.Config, ref));
+  const config = JSON.parse(configBytes.toString('utf8')) as ConfigJson;
+  const diffIds = config.rootfs?.diff_ids ?? [];
+  if (diffIds.length !== entry.Layers.length) {
+    throw new InvalidImageError(`${describe(ref)}: ${entry.Layers.length} layers but ${diffIds.length} diff_ids in its config`);
+  }
+  await store.put(configBytes);
+  const layers: BaseLayer[] = [];
+  for (const [i, file] of entry.Layers.entries()) {
+    // docker save writes uncompressed tars: the blob is the tar, its digest is its diffID.
+    const blob = await store.ingest(createReadStream(inside(dir, file, ref)), diffIds[i]).catch((err: Error) => {
+      throw new InvalidImageError(`${describe(ref)}: layer ${file}: ${err.message}`, { cause: err });
+    });
+    layers.push({ digest: blob.digest, size: blob.size, diffId: blob.digest, mediaType: LAYER_TAR });
+  }
+  // No manifest in the archive: its config digest names the image.
+  return toBase(`sha256:${createHash('sha256').update(configBytes).digest('hex')}`, config, layers);
+}
+
+interface Descriptor {
+  mediaType: string;
+  digest: string;
+  size: number;
+  annotations?: Record<string, string>;
+  platform?: { os: string; architecture: string; variant?: string };
+}
+
+interface ConfigJson {
+  architecture?: string;
+  os?: string;
+  variant?: string;
+  config?: RuntimeConfig;
+  history?: HistoryEntry[];
+  rootfs?: { diff_ids?: string[] };
+}
+
+function toBase(manifestDigest: string, config: ConfigJson, layers: BaseLayer[]): BaseImage {
+  const { User, ExposedPorts, Env, Entrypoint, Cmd, WorkingDir, Labels } = config.config ?? {};
+  const runtime: RuntimeConfig = Object.fromEntries(
+    Object.entries({ User, ExposedPorts, Env, Entrypoint, Cmd, WorkingDir, Labels }).filter(([, v]) => v !== undefined && v !== null && v !== ''),
+  );
+  return {
+    manifestDigest,
+    platform: { os: config.os ?? 'linux', architecture: config.architecture ?? 'amd64', ...(config.variant ? { variant: config.variant } : {}) },
+    config: runtime,
+    history: config.history ?? [],
+    layers,
+  };
+}
+
+function ociLayerType(mediaType: string): string {
+  if (mediaType === 'application/vnd.docker.image.rootfs.diff.tar.gzip') return 'application/vnd.oci.image.layer.v1.tar+gzip';
+  if (mediaType === 'application/vnd.oci.image.layer.v1.tar+gzip' || mediaType === LAYER_TAR) return mediaType;
+  throw new UsageError(`a base image layer of type ${mediaType} is not supported (gzip or plain tar only)`);
+}
+
+/** Read a small blob of a layout, check it, and keep it in the store. */
+async function importBlob(layout: string, digest: string, store: ContentStore, ref: BaseRef): Promise<string> {
+  const bytes = await readFile(blobPath(layout, digest)).catch((err: Error) => {
+    throw new InvalidImageError(`${describe(ref)}: blob ${digest} is missing: ${err.message}`);
+  });
+  const got = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+  if (got !== digest) throw new InvalidImageError(`${describe(ref)}: blob ${digest} has digest ${got}: the image is damaged`);
+  await store.put(bytes);
+  return bytes.toString('utf8');
+}
+
+function blobPath(layout: string, digest: string): string {
+  const m = /^sha256:([0-9a-f]{64})$/.exec(digest);
+  if (!m) throw new InvalidImageError(`not a sha256 digest: ${digest}`);
+  return path.join(layout, 'blobs', 'sha256', m[1]!);
+}
+
+/** A path named by an archive's own manifest, which must stay inside it. */
+function inside(dir: string, unsafeName: string, ref: BaseRef): string {
+  const p = path.resolve(dir, unsafeName);
+  if (!p.startsWith(dir + path.sep)) throw new InvalidImageError(`${describe(ref)}: names ${unsafeName}, outside the archive`);
+  return p;
+}
+
+async function readJsonFile<T>(file: string, ref: BaseRef): Promise<T> {
+  try {
+    return JSON.parse(await readFile(file, 'utf8')) as T;
+  } catch (err) {
+    throw new UsageError(`${describe(ref)}: cannot read ${path.basename(file)}: ${(err as Error).message}`);
+  }
+}
+
+/** Unpack an archive's regular files (its blobs and JSON) into `dir`; nothing else is needed from it. */
+async function extractArchive(file: string, dir: string): Promise<void> {
+  const ex = tar.extract();
+  const input = createReadStream(file);
+  input.on('error', (err) => ex.destroy(err));
+  input.pipe(ex as unknown as NodeJS.WritableStream);
+  for await (const entry of ex) {
+    const name = path.posix.normalize(entry.header.name).replace(/^(\.\/)+/, '');
+    const target = path.resolve(dir, name);
+    if (entry.header.type !== 'file' || !target.startsWith(dir + path.sep)) {
+      entry.resume();
+      continue;
+    }
+    await mkdir(path.dirname(target), { recursive: true });
+    await pipeline(entry as unknown as Readable, createWriteStream(target));
+  }
+}
+
+function describe(ref: BaseRef): string {
+  return `${ref.transport}:${ref.path}${ref.ref ? `:${ref.ref}` : ''}`;
+}
+
+/**
+ * The directories a stack of layers leaves, with their metadata, read from
+ * the tar headers alone (nothing is unpacked): what copies on top of a base
+ * pass through. Whiteouts remove what they name, as an unpack would.
+ */
+export async function layerDirs(layers: ReadonlyArray<{ digest: string }>, store: ContentStore): Promise<Map<string, { mode: number; uid: number; gid: number }>> {
+  // Read once per stack of layers: every run on the same base needs the same answer.
+  const cacheFile = path.join(store.root, 'bases', `${createHash('sha256').update(layers.map((l) => l.digest).join(',')).digest('hex')}.dirs.json`);
+  const cached = await readFile(cacheFile, 'utf8').then((t) => JSON.parse(t) as Array<[string, { mode: number; uid: number; gid: number }]>, () => undefined);
+  if (cached) return new Map(cached);
+  const dirs = await readLayerDirs(layers, store);
+  await writeFileAtomic(cacheFile, JSON.stringify([...dirs]));
+  return dirs;
+}
+
+async function readLayerDirs(layers: ReadonlyArray<{ digest: string }>, store: ContentStore): Promise<Map<string, { mode: number; uid: number; gid: number }>> {
+  const dirs = new Map<string, { mode: number; uid: number; gid: number }>();
+  const drop = (rel: string, keepSelf: boolean): void => {
+    for (const k of [...dirs.keys()]) if ((!keepSelf && k === rel) || k.startsWith(`${rel}/`) || rel === '') dirs.delete(k);
+  };
+  for (const layer of layers) {
+    const ex = tar.extract();
+    const input = store.read(layer.digest);
+    const bytes = await uncompressed(input);
+    bytes.on('error', (err) => ex.destroy(err));
+    bytes.pipe(ex as unknown as NodeJS.WritableStream);
+    for await (const entry of ex) {
+      const h = entry.header;
+      const rel = path.posix.normalize(h.name).replace(/^(\.\/)+|^\/+|\/+$/g, '').replace(/^\.$/, '');
+      const base = path.posix.basename(rel);
+      const parent = path.posix.dirname(rel) === '.' ? '' : path.posix.dirname(rel);
+      if (base === '.wh..wh..opq') drop(parent, true);
+      else if (base.startsWith('.wh.')) drop(parent ? `${parent}/${base.slice(4)}` : base.slice(4), false);
+      else if (h.type === 'directory' && rel) dirs.set(rel, { mode: (h.mode ?? 0o755) & 0o7777, uid: h.uid ?? 0, gid: h.gid ?? 0 });
+      else if (rel) drop(rel, false);
+      entry.resume();
+    }
+  }
+  return dirs;
+}
