@@ -16,7 +16,8 @@ import tar from 'tar-stream';
 import type { ContentStore } from '../cache/content-store.js';
 import type { Platform } from '../config/types.js';
 import { InvalidImageError, UsageError } from '../errors.js';
-import { ANNOTATION_REF_NAME, MEDIA_TYPE_INDEX } from './media-types.js';
+import { MEDIA_TYPE_INDEX } from './media-types.js';
+import { blobPath, findImage, readBlob, type Descriptor } from './layout-reader.js';
 import type { HistoryEntry, RuntimeConfig } from './image-config.js';
 import { uncompressed } from './layer-apply.js';
 import { writeFileAtomic } from '../util/fs-atomic.js';
@@ -76,20 +77,7 @@ export async function importBase(ref: BaseRef, store: ContentStore, platform: Pl
 }
 
 async function importLayout(layout: string, wanted: string | undefined, store: ContentStore, platform: Platform, ref: BaseRef): Promise<BaseImage> {
-  const index = await readJsonFile<{ manifests?: Descriptor[] }>(path.join(layout, 'index.json'), ref);
-  const manifests = index.manifests ?? [];
-  const names = manifests.map((m) => m.annotations?.[ANNOTATION_REF_NAME]).filter(Boolean);
-  const desc =
-    wanted === undefined
-      ? new Set(manifests.map((m) => m.digest)).size === 1
-        ? manifests[0]
-        : undefined
-      : manifests.find((m) => m.annotations?.[ANNOTATION_REF_NAME] === wanted || m.digest === wanted);
-  if (!desc) {
-    throw new UsageError(
-      `${describe(ref)}: ${wanted === undefined ? 'holds several images; name one after a ":"' : `has no image \`${wanted}\``} (refs: ${names.join(', ') || 'none'})`,
-    );
-  }
+  const desc = await findImage(layout, wanted, describe(ref));
   const manifestDesc = await resolvePlatform(layout, desc, store, platform, ref);
   const manifest = JSON.parse(await importBlob(layout, manifestDesc.digest, store, ref)) as { config: Descriptor; layers: Descriptor[] };
   const config = JSON.parse(await importBlob(layout, manifest.config.digest, store, ref)) as ConfigJson;
@@ -149,14 +137,6 @@ async function importDockerArchive(dir: string, store: ContentStore, ref: BaseRe
   return toBase(`sha256:${createHash('sha256').update(configBytes).digest('hex')}`, config, layers);
 }
 
-interface Descriptor {
-  mediaType: string;
-  digest: string;
-  size: number;
-  annotations?: Record<string, string>;
-  platform?: { os: string; architecture: string; variant?: string };
-}
-
 interface ConfigJson {
   architecture?: string;
   os?: string;
@@ -188,19 +168,11 @@ function ociLayerType(mediaType: string): string {
 
 /** Read a small blob of a layout, check it, and keep it in the store. */
 async function importBlob(layout: string, digest: string, store: ContentStore, ref: BaseRef): Promise<string> {
-  const bytes = await readFile(blobPath(layout, digest)).catch((err: Error) => {
-    throw new InvalidImageError(`${describe(ref)}: blob ${digest} is missing: ${err.message}`);
+  const bytes = await readBlob(layout, digest).catch((err: Error) => {
+    throw new InvalidImageError(`${describe(ref)}: ${err.message}`, { cause: err });
   });
-  const got = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
-  if (got !== digest) throw new InvalidImageError(`${describe(ref)}: blob ${digest} has digest ${got}: the image is damaged`);
   await store.put(bytes);
   return bytes.toString('utf8');
-}
-
-function blobPath(layout: string, digest: string): string {
-  const m = /^sha256:([0-9a-f]{64})$/.exec(digest);
-  if (!m) throw new InvalidImageError(`not a sha256 digest: ${digest}`);
-  return path.join(layout, 'blobs', 'sha256', m[1]!);
 }
 
 /** A path named by an archive's own manifest, which must stay inside it. */
