@@ -10,13 +10,14 @@
  * readers to apply.
  */
 import { randomBytes } from 'node:crypto';
-import { access, mkdir, readFile, rename, rm } from 'node:fs/promises';
+import { access, mkdir, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { ContentStore } from '../cache/content-store.js';
 import type { LayerRef } from '../cache/step-records.js';
 import { CacheCorruptError } from '../errors.js';
 import { applyLayer } from '../oci/layer-apply.js';
 import { writeFileAtomic } from '../util/fs-atomic.js';
+import { readJsonIfPresent } from '../util/fs-read.js';
 
 export interface Snapshot {
   root: string;
@@ -47,7 +48,7 @@ export class SnapshotCache {
     const dir = path.join(this.cacheDir, 'snapshots', imageKey);
     const modesFile = `${dir}.modes.json`;
     if (await access(dir).then(() => true, () => false)) {
-      const saved = await readFile(modesFile, 'utf8').then((t) => JSON.parse(t) as Array<[string, number]>, () => undefined);
+      const saved = await readJsonIfPresent<Array<[string, number]>>(modesFile);
       if (saved) return { root: dir, realModes: new Map(saved) };
       await rm(dir, { recursive: true, force: true }); // no modes beside it: not one of ours, or half removed
     }

@@ -7,9 +7,10 @@
  * Both are written atomically, and a record only after its layer blob is
  * committed, so a record never points at a missing or partial blob.
  */
-import { readFile, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { writeFileAtomic } from '../util/fs-atomic.js';
+import { readJsonIfPresent } from '../util/fs-read.js';
 import { hashValue } from '../util/xxhash.js';
 import type { KeyMaterial } from './step-key.js';
 
@@ -37,7 +38,7 @@ export class StepRecords {
   constructor(readonly root: string) {}
 
   async get(key: string): Promise<StepRecord | undefined> {
-    return readJson<StepRecord>(path.join(this.root, 'records', `${key}.json`));
+    return readJsonIfPresent<StepRecord>(path.join(this.root, 'records', `${key}.json`));
   }
 
   async put(record: StepRecord): Promise<void> {
@@ -48,7 +49,7 @@ export class StepRecords {
   /** Remember `key` as this image/step's latest, so the next miss is compared with this run, hits included. */
   async setLast(image: string, step: string, key: string): Promise<void> {
     const file = await this.namePath(image, step);
-    if ((await readJson<{ key: string }>(file))?.key !== key) await writeFileAtomic(file, JSON.stringify({ key }));
+    if ((await readJsonIfPresent<{ key: string }>(file))?.key !== key) await writeFileAtomic(file, JSON.stringify({ key }));
   }
 
   async remove(key: string): Promise<void> {
@@ -57,27 +58,11 @@ export class StepRecords {
 
   /** The record this image/step had the last time it was built, if it is still there. */
   async lastFor(image: string, step: string): Promise<StepRecord | undefined> {
-    const ref = await readJson<{ key: string }>(await this.namePath(image, step));
+    const ref = await readJsonIfPresent<{ key: string }>(await this.namePath(image, step));
     return ref ? this.get(ref.key) : undefined;
   }
 
   private async namePath(image: string, step: string): Promise<string> {
     return path.join(this.root, 'names', `${await hashValue([image, step])}.json`);
-  }
-}
-
-async function readJson<T>(file: string): Promise<T | undefined> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw err;
-  }
-  try {
-    return JSON.parse(text) as T;
-  } catch {
-    // A record is written atomically, so unreadable JSON means outside damage: treat as absent.
-    return undefined;
   }
 }

@@ -12,7 +12,9 @@ import path from 'node:path';
 import picomatch from 'picomatch';
 import type { SourcePos } from '../errors.js';
 import { ConfigError, PathEscapeError } from '../errors.js';
+import { isMissing } from '../util/fs-read.js';
 import { relInside } from '../util/path-inside.js';
+import { secureJoin } from '../util/secure-join.js';
 import { NO_FILTER, type ContextFilter } from './context-filter.js';
 
 export interface SelectedEntry {
@@ -195,39 +197,16 @@ async function resolveFollowing(root: string, rel: string, rootKind: RootKind): 
 
 /** Follow links the way the image itself would: `/` is the image root. */
 async function resolveInImage(root: string, rel: string): Promise<string> {
-  const parts = rel.split('/').filter((p) => p && p !== '.');
-  const done: string[] = [];
-  let hops = 0;
-  while (parts.length) {
-    const part = parts.shift() as string;
-    if (part === '..') {
-      done.pop();
-      continue;
-    }
-    const here = path.join(root, ...done, part);
-    let st: Stats;
-    try {
-      st = await lstat(here);
-    } catch (err) {
-      if (isMissing(err)) throw new SourceNotFound('does not exist');
-      throw err;
-    }
-    if (!st.isSymbolicLink()) {
-      done.push(part);
-      continue;
-    }
-    if (++hops > 40) throw new SourceNotFound('has too many levels of symbolic links');
-    const target = await readlink(here);
-    if (target.startsWith('/')) done.length = 0;
-    parts.unshift(...target.split('/').filter((p) => p && p !== '.'));
+  let abs: string;
+  try {
+    abs = await secureJoin(root, rel, { followLast: true });
+    await lstat(abs);
+  } catch (err) {
+    if (isMissing(err)) throw new SourceNotFound('does not exist');
+    if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw new SourceNotFound('has too many levels of symbolic links');
+    throw err;
   }
-  return path.join(root, ...done);
-}
-
-/** ENOTDIR: a path below a regular file, which is as missing as a path that is not there. */
-function isMissing(err: unknown): boolean {
-  const code = (err as NodeJS.ErrnoException).code;
-  return code === 'ENOENT' || code === 'ENOTDIR';
+  return abs;
 }
 
 async function walk(dir: string, filter: ContextFilter): Promise<SelectedEntry[]> {

@@ -21,6 +21,7 @@ import { blobPath, findImage, readBlob, type Descriptor } from './layout-reader.
 import type { HistoryEntry, RuntimeConfig } from './image-config.js';
 import { uncompressed } from './layer-apply.js';
 import { writeFileAtomic } from '../util/fs-atomic.js';
+import { readJsonIfPresent } from '../util/fs-read.js';
 
 export type BaseTransport = 'oci' | 'oci-archive' | 'docker-archive';
 
@@ -220,7 +221,7 @@ function describe(ref: BaseRef): string {
 export async function layerDirs(layers: ReadonlyArray<{ digest: string }>, store: ContentStore): Promise<Map<string, { mode: number; uid: number; gid: number }>> {
   // Read once per stack of layers: every run on the same base needs the same answer.
   const cacheFile = path.join(store.root, 'bases', `${createHash('sha256').update(layers.map((l) => l.digest).join(',')).digest('hex')}.dirs.json`);
-  const cached = await readFile(cacheFile, 'utf8').then((t) => JSON.parse(t) as Array<[string, { mode: number; uid: number; gid: number }]>, () => undefined);
+  const cached = await readJsonIfPresent<Array<[string, { mode: number; uid: number; gid: number }]>>(cacheFile);
   if (cached) return new Map(cached);
   const dirs = await readLayerDirs(layers, store);
   await writeFileAtomic(cacheFile, JSON.stringify([...dirs]));

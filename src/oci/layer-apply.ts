@@ -14,6 +14,7 @@ import { promisify } from 'node:util';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
 import { PathEscapeError } from '../errors.js';
+import { isMissing } from '../util/fs-read.js';
 import { cleanRelative, secureJoin } from '../util/secure-join.js';
 
 export interface ApplyOptions {
@@ -425,8 +426,7 @@ async function lstatOrNull(p: string): Promise<fs.Stats | null> {
   try {
     return await lstat(p);
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') return null;
+    if (isMissing(err)) return null;
     throw err;
   }
 }

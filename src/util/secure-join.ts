@@ -6,6 +6,7 @@
 import { lstat, readlink } from 'node:fs/promises';
 import path from 'node:path';
 import { PathEscapeError } from '../errors.js';
+import { isMissing } from './fs-read.js';
 
 /** Linux gives up after 40 nested links; we allow more but still stop loops. */
 const MAX_SYMLINKS = 255;
@@ -16,14 +17,15 @@ const MAX_SYMLINKS = 255;
  * Every component but the last is resolved as the kernel would inside a
  * chroot: `..` stops at root, and a symlink is read and its target resolved
  * relative to root (an absolute target restarts at root). The last component
- * is never followed, so the caller can lstat, unlink or create exactly that
+ * is not followed unless `followLast` (reading a file the way a process in
+ * the root would), so the caller can lstat, unlink or create exactly that
  * name. Components that do not exist are taken as written.
  *
  * `root` itself is trusted and used as given (pass a realpath). The result is
  * only safe as long as nobody else changes the tree between this call and its
  * use; layergraph is the only writer of the trees it resolves in.
  */
-export async function secureJoin(root: string, unsafePath: string): Promise<string> {
+export async function secureJoin(root: string, unsafePath: string, opts: { followLast?: boolean } = {}): Promise<string> {
   const absRoot = path.resolve(root);
   // `resolved` never contains a symlink, `..` or `.`, which is what makes
   // treating `..` as "drop the last component" equal to what the kernel does.
@@ -38,7 +40,7 @@ export async function secureJoin(root: string, unsafePath: string): Promise<stri
       continue;
     }
     const candidate = [...resolved, part];
-    if (pending.length === 0) {
+    if (pending.length === 0 && !opts.followLast) {
       resolved.push(part);
       break;
     }
@@ -93,10 +95,9 @@ async function readLinkIfSymlink(hostPath: string): Promise<string | null> {
     if (!st.isSymbolicLink()) return null;
     return await readlink(hostPath);
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
     // A missing component (or one below a non-directory) cannot redirect
     // anything; whatever uses the path will fail on it with a real error.
-    if (code === 'ENOENT' || code === 'ENOTDIR') return null;
+    if (isMissing(err)) return null;
     throw err;
   }
 }
