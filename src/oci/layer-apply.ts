@@ -14,8 +14,10 @@ import { promisify } from 'node:util';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
 import { PathEscapeError } from '../errors.js';
+import { setXattrs } from '../snapshot/xattrs.js';
 import { isMissing } from '../util/fs-read.js';
 import { cleanRelative, secureJoin } from '../util/secure-join.js';
+import { PaxXattrTap } from './pax-xattrs.js';
 
 export interface ApplyOptions {
   /** chown entries to their uid/gid (only works as root); default: only when process.getuid?.() === 0 */
@@ -28,6 +30,21 @@ export interface ApplyOptions {
    * its exact mode is removed), across as many layers as share the map.
    */
   realModes?: Map<string, number>;
+  /**
+   * Set the extended attributes in PAX `SCHILY.xattr.*` records (with the
+   * `attr` package's setfattr, after the entries are written). `trusted.*`
+   * and `security.*` ones need root. Default: ignored.
+   */
+  xattrs?: boolean;
+  /**
+   * What whiteouts become. `apply` (default): the image spec's changeset
+   * rules, `.wh.<name>` deletes `<name>` below and `.wh..wh..opq` empties its
+   * directory. `overlay`: the layer is written as an overlayfs lower directory
+   * (apply it alone into an empty directory): `.wh.<name>` becomes a 0/0
+   * character device `<name>` and `.wh..wh..opq` sets
+   * `trusted.overlay.opaque=y` on its directory. Needs root.
+   */
+  whiteouts?: 'apply' | 'overlay';
 }
 
 export interface ApplyResult {
@@ -47,8 +64,8 @@ export interface ApplyResult {
  * applied as they stream; on error the directory is left partly applied, so
  * callers apply into a scratch directory they can throw away.
  *
- * Not applied: extended attributes (including PAX `SCHILY.xattr.*`), which
- * Node cannot set.
+ * Extended attributes (PAX `SCHILY.xattr.*`) are applied only when asked
+ * (`opts.xattrs`).
  */
 export async function applyLayer(gzipOrTar: Readable, destDir: string, opts: ApplyOptions = {}): Promise<ApplyResult> {
   await mkdir(destDir, { recursive: true });
@@ -56,16 +73,26 @@ export async function applyLayer(gzipOrTar: Readable, destDir: string, opts: App
   // destDir cannot make "inside" mean two different places.
   const root = await realpath(destDir);
   const isRoot = process.getuid?.() === 0;
-  const applier = new Applier(root, opts.preserveOwner ?? isRoot, isRoot, opts.realModes);
+  const overlay = opts.whiteouts === 'overlay';
+  if (overlay && !isRoot) {
+    throw new Error(`cannot unpack a layer as an overlay lower into ${destDir}: whiteout devices and trusted.overlay.* attributes need root`);
+  }
+  const applier = new Applier(root, opts.preserveOwner ?? isRoot, isRoot, opts.realModes, overlay);
 
   const hash = createHash('sha256');
   const extract = tar.extract();
   const tarBytes = await uncompressed(gzipOrTar);
-  const feeding = feed(tarBytes, extract, (chunk) => hash.update(chunk));
+  // tar-stream decodes PAX values as UTF-8, which mangles binary attribute values; this reads them from the bytes.
+  const tap = opts.xattrs ? new PaxXattrTap() : undefined;
+  const feeding = feed(tarBytes, extract, (chunk) => {
+    hash.update(chunk);
+    tap?.push(chunk);
+  });
 
   try {
     for await (const entry of extract) {
-      await applier.apply(entry.header as Entry, entry);
+      const header = entry.header as Entry;
+      await applier.apply(header, entry, tap?.take(header.name));
     }
     await feeding;
   } catch (err) {
@@ -80,6 +107,7 @@ export async function applyLayer(gzipOrTar: Readable, destDir: string, opts: App
 
 const WHITEOUT_PREFIX = '.wh.';
 const OPAQUE_MARKER = '.wh..wh..opq';
+const OVERLAY_OPAQUE_XATTR = 'trusted.overlay.opaque';
 /** AUFS bookkeeping (`.wh..wh.plnk`, `.wh..wh.aufs`): not content, never applied. */
 const WHITEOUT_META_PREFIX = '.wh..wh.';
 
@@ -94,12 +122,16 @@ class Applier {
   private readonly holdsWritten = new Set<string>();
   /** Directory metadata to set last, keyed by relative path. */
   private readonly dirMeta = new Map<string, { mode: number; mtime: Date }>();
+  /** Extended attributes to set last (after chown, which clears file capabilities), keyed by relative path. */
+  private readonly xattrs = new Map<string, Map<string, Buffer>>();
 
   constructor(
     private readonly root: string,
     private readonly preserveOwner: boolean,
     private readonly mayMknod: boolean,
     private readonly realModes: Map<string, number> | undefined,
+    /** Write overlay-format whiteouts instead of applying them (see ApplyOptions.whiteouts). */
+    private readonly overlay: boolean,
   ) {}
 
   /** The mode to put on disk for `rel`: the layer's, or widened for us when asked to keep the tree usable. */
@@ -111,8 +143,8 @@ class Applier {
     return disk;
   }
 
-  async apply(header: Entry, body: EntryStream): Promise<void> {
-    await this.applyEntry(header, body);
+  async apply(header: Entry, body: EntryStream, xattrs?: Map<string, Buffer>): Promise<void> {
+    await this.applyEntry(header, body, xattrs);
     // tar-stream stalls until every entry's body has been read. (After an
     // error the extractor is destroyed instead, so no drain then.)
     await drain(body);
@@ -120,6 +152,12 @@ class Applier {
 
   /** Directory modes and times go last: a read-only directory must not stop its children being written, and writing children changes the directory's mtime. */
   async finish(): Promise<void> {
+    const attrs: Array<[string, Map<string, Buffer>]> = [];
+    for (const [rel, map] of this.xattrs) {
+      const host = await secureJoin(this.root, rel);
+      if (await lstatOrNull(host)) attrs.push([host, map]);
+    }
+    await setXattrs(attrs);
     // Deepest first, so a parent's mode (say 0500) is set after its children are done.
     const rels = [...this.dirMeta.keys()].sort((a, b) => b.length - a.length);
     for (const rel of rels) {
@@ -135,16 +173,19 @@ class Applier {
     }
   }
 
-  private async applyEntry(header: Entry, body: EntryStream): Promise<void> {
+  private async applyEntry(header: Entry, body: EntryStream, xattrs: Map<string, Buffer> | undefined): Promise<void> {
     const rel = this.entryPath(header.name);
     if (rel === '') return; // "./": the destination itself, which we own
 
     const dirRel = parentOf(rel);
     const base = rel.slice(dirRel === '' ? 0 : dirRel.length + 1);
 
-    if (base === OPAQUE_MARKER) return this.opaque(dirRel);
+    if (base === OPAQUE_MARKER) return this.overlay ? this.markOpaque(dirRel) : this.opaque(dirRel);
     if (base.startsWith(WHITEOUT_META_PREFIX)) return;
-    if (base.startsWith(WHITEOUT_PREFIX)) return this.whiteout(dirRel, base.slice(WHITEOUT_PREFIX.length), header.name);
+    if (base.startsWith(WHITEOUT_PREFIX)) {
+      const name = base.slice(WHITEOUT_PREFIX.length);
+      return this.overlay ? this.whiteoutDevice(dirRel, name, header.name) : this.whiteout(dirRel, name, header.name);
+    }
 
     // `rel` has no "..", and secureJoin never follows the last component, so
     // `host` is a name directly inside a real directory under root.
@@ -157,7 +198,7 @@ class Applier {
     if (existing && !(existing.isDirectory() && type === 'directory')) {
       // Never write into what is there: it may be a symlink to anywhere.
       await rm(host, { recursive: true, force: true });
-      this.forgetDirMeta(hostRel);
+      this.forget(hostRel);
     }
 
     const mode = header.mode & 0o7777;
@@ -206,6 +247,13 @@ class Applier {
         throw new Error(`${header.name}: unsupported tar entry type ${String(header.type)}`);
     }
     this.markWritten(hostRel);
+    // Linux refuses user.* attributes on symlinks (EPERM), as GNU tar finds: leave them out.
+    const attrs = [...(xattrs ?? [])].filter(([name]) => type !== 'symlink' || !name.startsWith('user.'));
+    if (attrs.length > 0) {
+      // A hard link shares its target's inode, so its attributes land there too.
+      const prior = type === 'directory' ? this.xattrs.get(hostRel) : undefined;
+      this.xattrs.set(hostRel, new Map([...(prior ?? []), ...attrs]));
+    }
   }
 
   /** The entry's name as a clean relative path; refuses absolute and escaping names. */
@@ -235,6 +283,36 @@ class Applier {
     await this.removeLower(host, hostRel);
   }
 
+  /** Overlay format: `.wh.<name>` is the 0/0 character device overlayfs reads as "deleted". */
+  private async whiteoutDevice(dirRel: string, name: string, unsafeName: string): Promise<void> {
+    if (name === '' || name === '.' || name === '..') {
+      throw new PathEscapeError(unsafeName, this.root, 'whiteout names its own directory or a parent');
+    }
+    const host = await secureJoin(this.root, dirRel === '' ? name : `${dirRel}/${name}`);
+    const hostRel = this.relOf(host);
+    if (hostRel === '') throw new PathEscapeError(unsafeName, this.root, 'whiteout names the layer root');
+    await this.makeParents(path.dirname(host));
+    // Whatever is there already is this layer's own, which a whiteout never hides.
+    if (await lstatOrNull(host)) return;
+    if (!(await this.mknod(host, 'character-device', { name: unsafeName, devmajor: 0, devminor: 0 } as Entry))) {
+      throw new Error(`${unsafeName}: cannot create the whiteout device of an overlay lower (mknod was refused)`);
+    }
+    this.markWritten(hostRel);
+  }
+
+  /** Overlay format: `.wh..wh..opq` is the `trusted.overlay.opaque` attribute on its directory. */
+  private async markOpaque(dirRel: string): Promise<void> {
+    const host = await secureJoin(this.root, dirRel);
+    const hostRel = this.relOf(host);
+    if (hostRel === '') return; // the root of a lower cannot be opaque; below the root nothing is hidden anyway
+    await this.makeParents(host);
+    const st = await lstatOrNull(host);
+    if (!st?.isDirectory()) return;
+    const attrs = this.xattrs.get(hostRel) ?? new Map<string, Buffer>();
+    attrs.set(OVERLAY_OPAQUE_XATTR, Buffer.from('y'));
+    this.xattrs.set(hostRel, attrs);
+  }
+
   /** `.wh..wh..opq`: the directory keeps only what this layer puts in it. */
   private async opaque(dirRel: string): Promise<void> {
     const host = await secureJoin(this.root, dirRel);
@@ -257,7 +335,7 @@ class Applier {
     if (!st) return;
     if (!this.written.has(rel) && !this.holdsWritten.has(rel)) {
       await rm(host, { recursive: true, force: true });
-      this.forgetDirMeta(rel);
+      this.forget(rel);
       return;
     }
     if (!st.isDirectory()) return;
@@ -266,9 +344,12 @@ class Applier {
     }
   }
 
-  private forgetDirMeta(rel: string): void {
-    for (const key of this.dirMeta.keys()) {
-      if (key === rel || key.startsWith(`${rel}/`)) this.dirMeta.delete(key);
+  /** Drops what is pending for `rel` and below: it was removed or replaced. */
+  private forget(rel: string): void {
+    for (const pending of [this.dirMeta, this.xattrs]) {
+      for (const key of pending.keys()) {
+        if (key === rel || key.startsWith(`${rel}/`)) pending.delete(key);
+      }
     }
   }
 

@@ -11,6 +11,7 @@ import path from 'node:path';
 import { pipeline, Transform, type Readable } from 'node:stream';
 import { createGzip } from 'node:zlib';
 import tar from 'tar-stream';
+import { encodePaxRecords, newPaxMarker, PaxMarkerPatcher, SCHILY_XATTR } from './pax-xattrs.js';
 
 export interface PackOptions {
   /** seconds since epoch for every entry's mtime (SOURCE_DATE_EPOCH or 0) */
@@ -30,6 +31,14 @@ export interface PackOptions {
    * xattrs, so the caller supplies this; default: never opaque.
    */
   isOpaque?: (absDir: string) => Promise<boolean>;
+  /**
+   * Extended attributes of an entry (by path relative to the upper dir),
+   * packed as PAX `SCHILY.xattr.<name>` records with raw byte values, sorted
+   * by name. Never packed whatever this returns: overlayfs's own
+   * (`trusted.overlay.*`, `user.overlay.*`) and `security.selinux`, a label
+   * of the host's policy. Default: none.
+   */
+  xattrs?: (relPath: string) => ReadonlyMap<string, Buffer> | undefined;
 }
 
 export interface PackedLayer {
@@ -45,8 +54,8 @@ export interface PackedLayer {
  * read `stream` (nearly) to its end; they reject if packing fails, as does
  * the stream.
  *
- * Extended attributes are not packed (Node cannot read them) apart from the
- * overlay opaque flag, which comes through `opts.isOpaque`.
+ * Extended attributes come from the caller (`opts.xattrs`; Node cannot read
+ * them), and the overlay opaque flag through `opts.isOpaque`.
  */
 export function packLayer(
   upperDir: string,
@@ -63,14 +72,19 @@ export function packLayer(
   const diffId = deferred<string>();
   const entries = deferred<number>();
 
-  const producing = writeEntries(pack, path.resolve(upperDir), opts);
+  const pax: PaxState | undefined = opts.xattrs ? { marker: newPaxMarker(), written: 0 } : undefined;
+  const patcher = pax ? new PaxMarkerPatcher(pax.marker) : undefined;
+  const producing = writeEntries(pack, path.resolve(upperDir), opts, pax);
   producing.then(
     () => pack.finalize(),
     (err: unknown) => pack.destroy(err as Error),
   );
 
   const stream = pipeline(
-    hashing(pack, hash, async () => {
+    hashing(pack, hash, patcher, async () => {
+      if (pax && patcher!.patched !== pax.written) {
+        throw new Error(`internal: ${pax.written} extended attribute headers written but ${patcher!.patched} found in the tar stream`);
+      }
       diffId.resolve(`sha256:${hash.digest('hex')}`);
       entries.resolve(await producing);
     }),
@@ -120,7 +134,13 @@ interface Found {
   sortKey: Buffer;
 }
 
-async function writeEntries(pack: tar.Pack, upperDir: string, opts: PackOptions): Promise<number> {
+/** Entries with extended attributes go out as a marker entry that becomes their PAX header (see pax-xattrs.ts). */
+interface PaxState {
+  marker: string;
+  written: number;
+}
+
+async function writeEntries(pack: tar.Pack, upperDir: string, opts: PackOptions, pax: PaxState | undefined): Promise<number> {
   const found: Found[] = [];
   await walk(upperDir, '', found);
   found.sort((a, b) => Buffer.compare(a.sortKey, b.sortKey));
@@ -154,28 +174,40 @@ async function writeEntries(pack: tar.Pack, upperDir: string, opts: PackOptions)
       mtime,
       type: f.kind,
     };
-    const pax = largeIds(uid, gid);
-    if (pax) header.pax = pax;
+    const ids = largeIds(uid, gid);
+    if (ids) header.pax = ids;
+    const attrs = pax && opts.xattrs ? packableXattrs(opts.xattrs(f.rel)) : [];
+    /** The entry's header, after its PAX header when it has extended attributes. */
+    const withAttrs = async (h: EntryHeader): Promise<EntryHeader> => {
+      if (attrs.length === 0) return h;
+      const { records, plain } = paxRecordsFor(h, attrs);
+      const ids = { uid: Math.min(uid, USTAR_MAX_ID), gid: Math.min(gid, USTAR_MAX_ID) };
+      const marker: EntryHeader = { name: pax!.marker, type: 'file', mode: h.mode, ...ids, uname: '', gname: '', mtime };
+      await queue.add(pack, marker, records);
+      pax!.written++;
+      return plain;
+    };
 
     switch (f.kind) {
       case 'file': {
         const key = f.st.nlink > 1 ? await inodeKey(f.abs) : null;
         const first = key === null ? undefined : firstNameOfInode.get(key);
         if (first !== undefined) {
-          await queue.add(pack, { ...header, type: 'link', linkname: first, size: 0 });
+          await queue.add(pack, await withAttrs({ ...header, type: 'link', linkname: first, size: 0 }));
         } else {
           if (key !== null) firstNameOfInode.set(key, f.name);
           const body = prefetch.take(i);
-          if (body) await queue.add(pack, { ...header, size: f.st.size }, await body, f.abs);
+          if (body) await queue.add(pack, await withAttrs({ ...header, size: f.st.size }), await body, f.abs);
           else {
+            const h = await withAttrs({ ...header, size: f.st.size });
             await queue.drain();
-            await addFileEntry(pack, { ...header, size: f.st.size }, f.abs);
+            await addFileEntry(pack, h, f.abs);
           }
         }
         break;
       }
       case 'directory':
-        await queue.add(pack, header);
+        await queue.add(pack, await withAttrs(header));
         // Right after the directory, not in sorted position: applying the
         // marker must empty the directory before any of this layer's children
         // land in it (appliers that do not track what they wrote rely on this).
@@ -185,14 +217,14 @@ async function writeEntries(pack: tar.Pack, upperDir: string, opts: PackOptions)
         }
         break;
       case 'symlink':
-        await queue.add(pack, { ...header, linkname: await readlink(f.abs) });
+        await queue.add(pack, await withAttrs({ ...header, linkname: await readlink(f.abs) }));
         break;
       case 'character-device':
       case 'block-device':
-        await queue.add(pack, { ...header, devmajor: devMajor(f.st.rdev), devminor: devMinor(f.st.rdev) });
+        await queue.add(pack, await withAttrs({ ...header, devmajor: devMajor(f.st.rdev), devminor: devMinor(f.st.rdev) }));
         break;
       case 'fifo':
-        await queue.add(pack, header);
+        await queue.add(pack, await withAttrs(header));
         break;
     }
     count++;
@@ -264,6 +296,57 @@ function largeIds(uid: number, gid: number): Record<string, string> | null {
   if (uid > USTAR_MAX_ID) pax.uid = String(uid);
   if (gid > USTAR_MAX_ID) pax.gid = String(gid);
   return pax;
+}
+
+/** Attributes that belong in a layer, sorted by name (as bytes) so the tar does not depend on the order they were read in. */
+function packableXattrs(attrs: ReadonlyMap<string, Buffer> | undefined): Array<[string, Buffer]> {
+  if (!attrs) return [];
+  return [...attrs]
+    .filter(([name]) => !name.startsWith('trusted.overlay.') && !name.startsWith('user.overlay.') && name !== 'security.selinux')
+    .sort(([a], [b]) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+}
+
+/**
+ * The PAX records for an entry with extended attributes, and its header
+ * without PAX. Everything tar-stream would have put in a PAX header of its
+ * own (a long or non-ASCII name or link target, large ids) goes into ours
+ * instead: a second PAX header would replace the first for most readers.
+ * The header keeps an ASCII stand-in for such a name, as Go's archive/tar does.
+ */
+function paxRecordsFor(header: EntryHeader, attrs: Array<[string, Buffer]>): { records: Buffer; plain: EntryHeader } {
+  const records: Array<[string, Buffer]> = [];
+  const plain: EntryHeader = { ...header };
+  delete plain.pax;
+  if (!ustarNameFits(header.name)) {
+    records.push(['path', Buffer.from(header.name, 'utf8')]);
+    plain.name = asciiStandIn(header.name);
+  }
+  if (header.linkname && Buffer.byteLength(header.linkname) > 100) {
+    records.push(['linkpath', Buffer.from(header.linkname, 'utf8')]);
+    plain.linkname = asciiStandIn(header.linkname);
+  }
+  for (const [key, value] of Object.entries(header.pax ?? {})) records.push([key, Buffer.from(value, 'utf8')]);
+  for (const [name, value] of attrs) records.push([`${SCHILY_XATTR}${name}`, value]);
+  records.sort(([a], [b]) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+  return { records: encodePaxRecords(records), plain };
+}
+
+/** Whether tar-stream can write `name` into the ustar name and prefix fields (its rules, in headers.js). */
+function ustarNameFits(name: string): boolean {
+  if (Buffer.byteLength(name) !== name.length) return false;
+  let rest = name;
+  let prefix = '';
+  while (rest.length > 100) {
+    const i = rest.indexOf('/');
+    if (i === -1) return false;
+    prefix += prefix ? `/${rest.slice(0, i)}` : rest.slice(0, i);
+    rest = rest.slice(i + 1);
+  }
+  return prefix.length <= 155;
+}
+
+function asciiStandIn(name: string): string {
+  return name.replace(/[^\x20-\x7e]/g, '_').slice(0, 100);
 }
 
 /** glibc's gnu_dev_major/gnu_dev_minor for the 32-bit dev_t layout. */
@@ -418,10 +501,16 @@ function drained(sink: EntrySink): Promise<void> {
  * is a trip to its thread, and per tiny chunk those trips dominated packing
  * trees of small files.
  */
-async function* hashing(pack: tar.Pack, hash: Hash, onEnd: () => Promise<void>): AsyncGenerator<Buffer> {
+async function* hashing(
+  pack: tar.Pack,
+  hash: Hash,
+  patcher: PaxMarkerPatcher | undefined,
+  onEnd: () => Promise<void>,
+): AsyncGenerator<Buffer> {
   let batch: Buffer[] = [];
   let size = 0;
-  for await (const chunk of pack as AsyncIterable<Buffer>) {
+  for await (const raw of pack as AsyncIterable<Buffer>) {
+    const chunk = patcher ? patcher.patch(raw) : raw;
     hash.update(chunk);
     batch.push(chunk);
     size += chunk.length;

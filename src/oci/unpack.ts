@@ -47,7 +47,8 @@ export async function unpackImage(layout: string, ref: string | undefined, dest:
     });
     let diffId: string;
     try {
-      ({ diffId } = await applyLayer(createReadStream(blobPath(layout, layer.digest)).pipe(hashing), dest));
+      // Extended attributes (file capabilities…) only where we may set them.
+      ({ diffId } = await applyLayer(createReadStream(blobPath(layout, layer.digest)).pipe(hashing), dest, { xattrs: process.getuid?.() === 0 }));
     } catch (err) {
       if (err instanceof LayergraphError) throw err;
       // A tar that does not parse is most often a damaged blob: say which, if so.
