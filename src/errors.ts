@@ -16,6 +16,8 @@ export type ErrorCode =
   | 'STEP_FAILED'
   | 'CACHE_CORRUPT'
   | 'IMAGE_INVALID'
+  | 'MERGE_CONFLICT'
+  | 'RUNTIME_FAILED'
   | 'USAGE';
 
 export class LayergraphError extends Error {
@@ -90,9 +92,40 @@ export class InvalidImageError extends LayergraphError {
   }
 }
 
+/** Two steps with no order between them change the same path, and the image does not say which wins. */
+export class MergeConflictError extends LayergraphError {
+  constructor(
+    readonly image: string,
+    readonly conflicts: ReadonlyArray<{ path: string; steps: [string, string] }>,
+  ) {
+    const shown = conflicts.slice(0, 5).map((c) => `\n  ${c.path}: changed by both \`${c.steps[0]}\` and \`${c.steps[1]}\``);
+    const more = conflicts.length > 5 ? `\n  and ${conflicts.length - 5} more` : '';
+    super(
+      'MERGE_CONFLICT',
+      `image ${image}: steps with no order between them change the same path:${shown.join('')}${more}\n` +
+        'Make one step need the other, or set `merge: declared-order` on the image to let the later-declared step win.',
+    );
+  }
+}
+
 /** Wrong command-line arguments. */
 export class UsageError extends LayergraphError {
   constructor(message: string) {
     super('USAGE', message);
+  }
+}
+
+/**
+ * The container runtime (runc, crun, or the chroot fallback) is missing or
+ * could not start the command: not the command's own failure. `detail` is
+ * the runtime's own message.
+ */
+export class RuntimeError extends LayergraphError {
+  constructor(
+    readonly runtime: string,
+    readonly detail: string,
+    options?: { cause?: unknown },
+  ) {
+    super('RUNTIME_FAILED', `${runtime}: ${detail}`, options);
   }
 }
