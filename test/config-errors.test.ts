@@ -87,17 +87,17 @@ describe('structure (schema) problems', () => {
                 copy: x
                 tp: /x
               - id: b
-                run: make
+                add: make
                 copy: x
                 to: /x
       `),
     ).toEqual([
       'build.yaml:2:1: unknown key `imgaes` in the build file; did you mean `images`?',
       'build.yaml:5:5: unknown key `environment` in image `api`; did you mean `env`?',
-      'build.yaml:6:5: unknown key `frobnicate` in image `api`; expected one of `from`, `platform`, `env`, `workdir`, `user`, `entrypoint`, `cmd`, `labels`, `expose`, `tags`, `steps`',
+      'build.yaml:6:5: unknown key `frobnicate` in image `api`; expected one of `from`, `platform`, `env`, `workdir`, `user`, `entrypoint`, `cmd`, `labels`, `expose`, `tags`, `merge`, `steps`',
       // one mistake, one issue: no "step is missing `to`" as well
       'build.yaml:10:9: unknown key `tp` in step; did you mean `to`?',
-      'build.yaml:12:9: unknown key `run` in step; copy steps are the only kind of step in this version',
+      'build.yaml:12:9: unknown key `add` in step; a step copies (`copy`, `to`) or runs a command (`run`)',
     ]);
   });
 
@@ -115,7 +115,7 @@ describe('structure (schema) problems', () => {
     `);
     expect(issues.map((i) => [i.path, `${i.pos.line}:${i.pos.col}`, i.message])).toEqual([
       ['images.api.steps[0]', '5:9', 'step is missing `to`'],
-      ['images.api.steps[1]', '7:9', 'step is missing `id`, `copy` and `to`'],
+      ['images.api.steps[1]', '7:9', 'step is missing `id`, `copy` and `to` (or `run`, to run a command)'],
       ['images.web', '8:3', 'image `web` is missing `steps`'],
     ]);
     expect(problems('version: 1\n')).toEqual(['build.yaml:1:1: the build file is missing `images`']);

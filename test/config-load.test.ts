@@ -65,6 +65,7 @@ describe('parseBuildFile: a valid file', () => {
       entrypoint: ['/bin/sh', '-c', 'node server.js'],
       cmd: ['--verbose'],
       labels: { 'org.opencontainers.image.title': 'api' },
+      merge: 'fail',
       expose: ['8080/tcp', '53/udp', '9000/tcp'],
       tags: ['api:1.2', 'registry.example.com:5000/team/api:latest'],
       steps: undefined,
@@ -148,7 +149,7 @@ describe('parseBuildFile: a valid file', () => {
       expose: [],
       tags: [],
     });
-    expect(app!.steps.map((s) => [s.id, s.needs, s.needsPos, s.link, s.chmod, s.chown])).toEqual([
+    expect(app!.steps.map((s) => [s.id, s.needs, s.needsPos, s.link, s.kind === 'copy' ? s.chmod : null, s.kind === 'copy' ? s.chown : null])).toEqual([
       ['one', [], [], false, undefined, undefined],
       ['two', ['one'], [at(8, 9)], false, undefined, undefined],
     ]);

@@ -59,6 +59,7 @@ function result(): BuildResult {
       }),
     ],
     durationMs: 1300,
+    merges: [],
   };
 }
 
@@ -73,6 +74,7 @@ function failedResult(): BuildResult {
     ],
     durationMs: 20,
     error: new Error('api/src: EACCES'),
+    merges: [],
   };
 }
 
@@ -96,7 +98,7 @@ describe('summarize', () => {
   });
 
   it('handles an empty build', () => {
-    expect(summarize({ images: [], steps: [], durationMs: 0 })).toEqual({
+    expect(summarize({ images: [], steps: [], durationMs: 0, merges: [] })).toEqual({
       total: 0,
       hits: 0,
       misses: 0,
@@ -112,7 +114,7 @@ describe('summaryLine', () => {
   it('names only what happened', () => {
     expect(summaryLine(summarize(result()))).toBe('2/4 steps cached, 2 built, in 1.3s, ~1.8s saved by the cache');
     expect(summaryLine(summarize(failedResult()))).toBe('1/3 steps cached, 1 failed, 1 skipped, in 20ms, ~1.5s saved by the cache');
-    expect(summaryLine(summarize({ images: [], steps: [], durationMs: 5 }))).toBe('0/0 steps cached, in 5ms');
+    expect(summaryLine(summarize({ images: [], steps: [], durationMs: 5, merges: [] }))).toBe('0/0 steps cached, in 5ms');
   });
 });
 
@@ -191,11 +193,12 @@ describe('jsonReport', () => {
         { image: 'web', id: 'html', status: 'miss', reason: 'no earlier build', key: '3333333333333333', startMs: 3, durationMs: 1200, layer: null },
         { image: 'web', id: 'assets', status: 'hit', reason: '', key: '4444444444444444', startMs: 4, durationMs: 1, layer: { digest: D('5'), diffId: D('6'), size: 10 } },
       ],
+      merges: [],
       summary: { total: 4, hits: 2, misses: 2, failed: 0, skipped: 0, durationMs: 1300, savedMs: 1750 },
     });
     // key order as documented
     const obj = parsed as { steps: object[]; images: object[] };
-    expect(Object.keys(obj)).toEqual(['images', 'steps', 'summary']);
+    expect(Object.keys(obj)).toEqual(['images', 'steps', 'merges', 'summary']);
     expect(Object.keys(obj.steps[0]!)).toEqual(['image', 'id', 'status', 'reason', 'key', 'startMs', 'durationMs', 'layer']);
     expect(Object.keys(obj.images[0]!)).toEqual(['name', 'tags', 'manifestDigest']);
   });

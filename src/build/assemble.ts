@@ -17,6 +17,7 @@ import {
 import { writeLayout, type LayoutImage } from '../oci/layout.js';
 import type { BaseImage } from '../oci/base-image.js';
 import { describeCopy } from './copy-inputs.js';
+import { describeRun } from './run-inputs.js';
 
 export interface BuiltImage {
   name: string;
@@ -70,7 +71,7 @@ export async function assembleImages(input: AssembleInput): Promise<BuiltImage[]
     };
     for (const step of input.layerOrder.get(image.name)!) {
       const layer = await input.layerOf(image.name, step.id);
-      const entry = { created, created_by: describeCopy(step), comment: `layergraph step ${image.name}/${step.id}` };
+      const entry = { created, created_by: step.kind === 'run' ? describeRun(step) : describeCopy(step), comment: `layergraph step ${image.name}/${step.id}` };
       if (layer) {
         state.layers.push({ digest: layer.digest, size: layer.size, diffId: layer.diffId });
         state.history.push(entry);

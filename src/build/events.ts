@@ -16,9 +16,14 @@ export interface StepResult {
   layer: LayerRef | null;
   /** For a hit: how long the cached build took when it was made. */
   savedMs: number;
+  /** For a run step that ran: where its whole output is kept. */
+  logFile?: string;
 }
 
 export type BuildEvent =
   | { type: 'plan'; steps: Array<{ image: string; step: string }> }
   | { type: 'step-start'; image: string; step: string; atMs: number }
+  | { type: 'step-output'; image: string; step: string; line: string }
+  /** Something the user should know about how the build runs, e.g. which snapshotter it uses. */
+  | { type: 'note'; text: string }
   | { type: 'step-end'; result: StepResult };

@@ -5,12 +5,13 @@
  * Every step starts as a task at once and waits for what it needs (BuildKit's
  * model: a vertex is keyed before it runs, and a cached vertex never runs).
  * A step has two phases. Its *key* needs what the steps below it publish when
- * they are keyed — their chain keys and the directories they leave — never
- * their layers. Its *build* needs no layer below it either (a copy never
- * reads file contents from the filesystem it lands on), so a chain of copy
- * steps builds in parallel as soon as each key is known. Only `copy … from:`
- * waits for layers: those of the image it reads. `--jobs` bounds the work in
- * flight, not the waiting.
+ * they are keyed — their chain keys — never their layers. A copy's *build*
+ * needs no layer below it either (a copy never reads file contents from the
+ * filesystem it lands on), only the directories below it (known at once
+ * below copies, once built below a `run`); so a chain of copy steps builds in
+ * parallel as soon as each key is known. `copy … from:` waits for the layers
+ * of the image it reads; a `run` that misses waits for the layers below it,
+ * which it mounts. `--jobs` bounds the work in flight, not the waiting.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
@@ -19,12 +20,12 @@ import { ContentStore } from '../cache/content-store.js';
 import { explainMiss } from '../cache/explain.js';
 import { belowKey, chainKey, stepKey, type KeyMaterial } from '../cache/step-key.js';
 import { StepRecords, type LayerRef } from '../cache/step-records.js';
-import type { BuildSpec, CopyStep, ImageSpec } from '../config/types.js';
+import type { BuildSpec, CopyStep, ImageSpec, RunStep, StepSpec } from '../config/types.js';
 import { loadContextFilter, NO_FILTER, type ContextFilter } from '../context/context-filter.js';
 import { ContentHasher } from '../context/file-hasher.js';
-import { ConfigError, LayergraphError, StepError, UsageError } from '../errors.js';
+import { ConfigError, LayergraphError, RuntimeError, StepError, UsageError } from '../errors.js';
 import { importBase, layerDirs, type BaseImage } from '../oci/base-image.js';
-import { hostPlatform } from '../oci/image-config.js';
+import { hostPlatform, inheritConfig, type RuntimeConfig } from '../oci/image-config.js';
 import { CopyDestinationError, mergeDirs, planCopy, type CopyPlan, type DirMeta } from '../exec/copy-step.js';
 import { destinationIssue, validateSources } from './validate-sources.js';
 import { buildGraph, imagesFor, nodeId } from '../graph/build-graph.js';
@@ -36,7 +37,12 @@ import type { BuildEvent, StepResult } from './events.js';
 import { Semaphore } from '../util/semaphore.js';
 import { SnapshotCache } from './snapshots.js';
 import { ownerTag } from '../util/owner-tag.js';
-import { sweepStale } from './sweep.js';
+import { removeTree, sweepStale } from './sweep.js';
+import { checkMerge, type MergeChoice } from './merge-check.js';
+import { runMaterial, runSettings } from './run-inputs.js';
+import { CommandFailedError, CommandStoppedError, runStepLayer } from '../exec/run-step.js';
+import { pickRuntime, type RuntimeName } from '../exec/run-in-root.js';
+import { openSnapshotter, type Snapshotter, type SnapshotterName } from '../snapshot/snapshotter.js';
 
 export interface BuildOptions {
   cacheDir: string;
@@ -48,8 +54,12 @@ export interface BuildOptions {
   /** Seconds since the epoch stamped into every layer entry and config. */
   sourceDateEpoch: number;
   onEvent?: (event: BuildEvent) => void;
-  /** Once aborted, no new step starts; running ones finish; the cache stays valid. */
+  /** Once aborted, no new step starts, running commands are stopped, copies finish; the cache stays valid. */
   signal?: AbortSignal;
+  /** How `run` steps get their root (default auto: overlay where it can mount, else copy). */
+  snapshotter?: 'auto' | SnapshotterName;
+  /** What runs `run` steps' commands (default auto: runc, else crun, else unshare + chroot). */
+  runtime?: 'auto' | RuntimeName;
 }
 
 
@@ -60,16 +70,26 @@ export interface BuildResult {
   durationMs: number;
   /** The first failure, when the build failed. */
   error?: Error;
+  /** What ran `run` steps, when any missed. */
+  execution?: { snapshotter: SnapshotterName; runtime: RuntimeName };
+  /** Paths that steps with no order between them both changed, and which step won (`merge: declared-order`). */
+  merges: Array<MergeChoice & { image: string }>;
 }
 
 /** What a step publishes once it is keyed: enough for the steps above it to be keyed too. */
 interface Keyed {
   /** Key of the filesystem with this step applied on what it sits on. */
   chain: string;
-  /** Directories of that filesystem. */
-  dirs: DirMeta;
+  /** Directories of that filesystem (below a `run`, known once it is built). */
+  dirs: Promise<DirMeta>;
   /** Directories of this step's own layer. */
-  ownDirs: DirMeta;
+  ownDirs: Promise<DirMeta>;
+}
+
+/** What a step sits on. */
+interface Below {
+  chain: string;
+  dirs: Promise<DirMeta>;
 }
 
 interface StepTask {
@@ -92,7 +112,7 @@ export async function runBuild(spec: BuildSpec, opts: BuildOptions): Promise<Bui
 
 class BuildRun {
   private readonly t0 = performance.now();
-  private readonly layerOrder: Map<string, CopyStep[]>;
+  private readonly layerOrder: Map<string, StepSpec[]>;
   private readonly images: ImageSpec[];
   private readonly store: ContentStore;
   private readonly records: StepRecords;
@@ -102,7 +122,11 @@ class BuildRun {
   private readonly tmpRoot: string;
   private readonly results = new Map<string, StepResult>();
   private readonly tasks = new Map<string, StepTask>();
-  private readonly imageKeys = new Map<string, Promise<{ key: string; dirs: DirMeta }>>();
+  private readonly imageKeys = new Map<string, Promise<{ key: string; dirs: Promise<DirMeta> }>>();
+  private readonly configs = new Map<string, Promise<RuntimeConfig>>();
+  /** Stops running commands: aborted on the first failure and on the caller's signal. */
+  private readonly stop = new AbortController();
+  private execution: Promise<{ snapshotter: Snapshotter; runtime: RuntimeName }> | undefined;
   private readonly externals = new Map<string, Promise<{ image: BaseImage; dirs: DirMeta }>>();
   /** One flight per key: steps with the same key in one run (a shared linked step) build once. */
   private readonly flights = new Map<string, { by: string; done: Promise<Flight> }>();
@@ -120,6 +144,8 @@ class BuildRun {
     this.snapshots = new SnapshotCache(opts.cacheDir, this.store, () => this.tmpRoot);
     this.jobs = new Semaphore(Math.max(1, opts.jobs));
     this.tmpRoot = path.join(opts.cacheDir, 'tmp', `${ownerTag()}-${randomBytes(4).toString('hex')}`);
+    if (opts.signal?.aborted) this.stop.abort();
+    opts.signal?.addEventListener('abort', () => this.stop.abort(), { once: true });
   }
 
   async execute(): Promise<BuildResult> {
@@ -142,12 +168,23 @@ class BuildRun {
       starts.forEach((start) => start());
       await Promise.allSettled([...this.tasks.values()].flatMap((t) => [t.keyed, t.layer]));
     } finally {
-      await rm(this.tmpRoot, { recursive: true, force: true });
+      await removeTree(this.tmpRoot);
     }
     this.reportSkipped();
     const steps = this.images.flatMap((img) => img.steps.map((s) => this.results.get(nodeId(img.name, s.id))!));
+    const execution = await this.executionUsed();
     const error = this.firstError?.error ?? (this.opts.signal?.aborted ? new LayergraphError('STEP_FAILED', 'build interrupted') : undefined);
-    if (error) return { images: [], steps, durationMs: this.now(), error };
+    if (error) return { images: [], steps, durationMs: this.now(), error, execution, merges: [] };
+
+    const merges: BuildResult['merges'] = [];
+    try {
+      for (const image of this.images) {
+        const choices = await checkMerge(image, this.layerOrder.get(image.name)!, (s) => this.task(image.name, s).layer, this.store);
+        merges.push(...choices.map((c) => ({ image: image.name, ...c })));
+      }
+    } catch (err) {
+      return { images: [], steps, durationMs: this.now(), error: err as Error, execution, merges };
+    }
 
     const outputs = this.opts.targets.length ? this.images.filter((i) => this.opts.targets.includes(i.name)) : this.images;
     const images = await assembleImages({
@@ -160,10 +197,10 @@ class BuildRun {
       outDir: this.opts.outDir,
       sourceDateEpoch: this.opts.sourceDateEpoch,
     });
-    return { images, steps, durationMs: this.now() };
+    return { images, steps, durationMs: this.now(), execution, merges };
   }
 
-  private prepareStep(image: ImageSpec, step: CopyStep): { task: StepTask; start: () => void } {
+  private prepareStep(image: ImageSpec, step: StepSpec): { task: StepTask; start: () => void } {
     let publish!: (keyed: Promise<Keyed>) => void;
     let failKeyed!: (err: unknown) => void;
     const keyed = new Promise<Keyed>((resolve, reject) => {
@@ -173,23 +210,25 @@ class BuildRun {
     keyed.catch(() => undefined);
     let start!: () => void;
     const started = new Promise<void>((resolve) => (start = resolve));
-    const layer = started.then(() => this.runStep(image, step, publish));
+    const layer = started.then(() => (step.kind === 'run' ? this.runRunStep(image, step, publish) : this.runCopyStep(image, step, publish)));
     // A step that stops before it is keyed fails its key the same way; once
     // published, a promise's fate is fixed and this does nothing.
     layer.catch(failKeyed);
     return { task: { keyed, layer }, start };
   }
 
-  private async runStep(image: ImageSpec, step: CopyStep, publish: (keyed: Promise<Keyed>) => void): Promise<LayerRef | null> {
+  private async runCopyStep(image: ImageSpec, step: CopyStep, publish: (keyed: Promise<Keyed>) => void): Promise<LayerRef | null> {
     const below = this.belowOf(image, step);
     below.catch(() => undefined);
     let startMs = this.now();
     try {
       const parent = step.link ? undefined : await below;
-      // Wait for the source image's layers outside the job slots: they may need those slots to be built.
+      // Wait outside the job slots for what may need those slots to be built:
+      // the source image's layers, and the directories below a `run`.
       const source = step.fromImage
         ? { key: (await this.imageKeyed(step.fromImage.image)).key, layers: await this.imageLayers(step.fromImage.image) }
         : undefined;
+      const parentDirs = parent ? await parent.dirs : new Map();
 
       return await this.jobs.run(async () => {
         if (this.opts.signal?.aborted || this.firstError) throw new Skipped();
@@ -199,32 +238,158 @@ class BuildRun {
         const selections = snapshot
           ? await copySelections(step, snapshot.root, { realModes: snapshot.realModes })
           : await copySelections(step, this.spec.context, { filter: this.filter });
-        const plan = planCopy(selections, step, parent?.dirs ?? new Map());
+        const plan = planCopy(selections, step, parentDirs);
         const material = copyMaterial(step, await copyInputs(step, selections, this.hasher), parent?.chain ?? null, this.opts.sourceDateEpoch);
         const key = await stepKey(material);
         const ownDirs = plan.dirs();
-        publish(below.then(async (b) => ({ chain: await chainKey(b.chain, key), dirs: mergeDirs(b.dirs, ownDirs), ownDirs })));
-        const result = await this.reuseOrBuild(image, step, key, material, plan, startMs);
+        publish(
+          below.then(async (b) => ({
+            chain: await chainKey(b.chain, key),
+            dirs: b.dirs.then((d) => mergeDirs(d, ownDirs)),
+            ownDirs: Promise.resolve(ownDirs),
+          })),
+        );
+        const result = await this.reuseOrBuild(image, step, key, material, startMs, () => this.buildLayer(plan));
         this.finish(result);
         return result.layer;
       });
     } catch (err) {
-      if (err instanceof Skipped) throw err;
-      const error = asUserError(err, image, step);
-      this.firstError ??= { error, by: `${image.name}/${step.id}` };
-      this.finish(this.result(image, step, { status: 'failed', reason: error.message, startMs }));
+      return this.failed(err, image, step, startMs);
+    }
+  }
+
+  /**
+   * A `run` step: keyed from how it runs and what it sits on. A hit runs
+   * nothing and needs nothing below it; a miss waits for the layers below
+   * (outside the job slots, which they may need), then mounts them and runs.
+   */
+  private async runRunStep(image: ImageSpec, step: RunStep, publish: (keyed: Promise<Keyed>) => void): Promise<LayerRef | null> {
+    const timing = { startMs: this.now() };
+    try {
+      const parent = await this.belowOf(image, step);
+      const settings = runSettings(step, image, await this.baseConfig(image));
+      const material = runMaterial(settings, parent.chain, this.opts.sourceDateEpoch);
+      const key = await stepKey(material);
+      const own = this.task(image.name, step.id).layer.then((l) => (l ? layerDirs([l], this.store) : new Map()));
+      own.catch(() => undefined);
+      const dirs = parent.dirs.then(async (d) => mergeDirs(d, await own));
+      dirs.catch(() => undefined);
+      publish(Promise.resolve({ chain: await chainKey(parent.chain, key), dirs, ownDirs: own }));
+
+      const lowers = this.lowersOf(image, step);
+      lowers.catch(() => undefined);
+      const logFile = path.join(this.opts.cacheDir, 'logs', `${key}.log`);
+      const result = await this.reuseOrBuild(image, step, key, material, timing.startMs, async (working) => {
+        const below = await lowers;
+        const execution = await this.openExecution();
+        return this.jobs.run(async () => {
+          if (this.stop.signal.aborted) throw new Skipped();
+          working();
+          timing.startMs = this.now();
+          this.emit({ type: 'step-start', image: image.name, step: step.id, atMs: timing.startMs });
+          return runStepLayer(
+            {
+              settings,
+              lowers: below,
+              workDir: path.join(this.tmpRoot, `run-${randomBytes(6).toString('hex')}`),
+              logFile,
+              onLine: (line) => this.emit({ type: 'step-output', image: image.name, step: step.id, line }),
+              signal: this.stop.signal,
+            },
+            { store: this.store, ...execution, sourceDateEpoch: this.opts.sourceDateEpoch },
+          );
+        });
+      });
+      this.finish({ ...result, startMs: timing.startMs, durationMs: this.now() - timing.startMs, ...(result.status === 'miss' ? { logFile } : {}) });
+      return result.layer;
+    } catch (err) {
+      return this.failed(err, image, step, timing.startMs);
+    }
+  }
+
+  /** Records a step's failure (the build's first one stops the rest), or that it was stopped or skipped. */
+  private failed(err: unknown, image: ImageSpec, step: StepSpec, startMs: number): never {
+    if (err instanceof Skipped) throw err;
+    if (err instanceof CommandStoppedError) {
+      this.finish(this.result(image, step, { status: 'skipped', reason: this.stopReason(), startMs }));
       throw new Skipped();
     }
+    const error = asUserError(err, image, step);
+    if (!this.firstError) {
+      this.firstError = { error, by: `${image.name}/${step.id}` };
+      this.stop.abort();
+    }
+    this.finish(this.result(image, step, { status: 'failed', reason: error.message, startMs }));
+    throw new Skipped();
+  }
+
+  /** The layers a `run` step mounts, bottom first: its base image's, then those of every step it sits on, in layer order. */
+  private async lowersOf(image: ImageSpec, step: RunStep): Promise<LayerRef[]> {
+    const base = image.from.kind === 'image' ? await this.imageLayers(image.from.image) : image.from.kind === 'base' ? (await this.external(image)).image.layers : [];
+    const under = new Set<string>();
+    const visit = (id: string): void => {
+      for (const need of image.steps.find((s) => s.id === id)?.needs ?? []) {
+        if (!under.has(need)) {
+          under.add(need);
+          visit(need);
+        }
+      }
+    };
+    visit(step.id);
+    const own = this.layerOrder.get(image.name)!.filter((s) => under.has(s.id));
+    const layers = await Promise.all(own.map((s) => this.task(image.name, s.id).layer));
+    return [...base, ...layers.filter((l): l is LayerRef => l !== null)];
+  }
+
+  /** The config an image's steps run under: what its base leaves (the image's own settings come on top, per step). */
+  private baseConfig(image: ImageSpec): Promise<RuntimeConfig> {
+    if (image.from.kind === 'scratch') return Promise.resolve({});
+    if (image.from.kind === 'base') return this.external(image).then((b) => b.image.config);
+    return this.imageConfig(image.from.image);
+  }
+
+  private imageConfig(name: string): Promise<RuntimeConfig> {
+    let p = this.configs.get(name);
+    if (!p) {
+      const image = this.images.find((i) => i.name === name)!;
+      p = this.baseConfig(image).then((base) => inheritConfig(base, image));
+      this.configs.set(name, p);
+    }
+    return p;
+  }
+
+  /** The snapshotter and runtime, chosen when the first `run` step misses (a copy-only build needs neither). */
+  private openExecution(): Promise<{ snapshotter: Snapshotter; runtime: RuntimeName }> {
+    this.execution ??= (async () => {
+      const snapshotter = await openSnapshotter(this.opts.snapshotter ?? 'auto', {
+        cacheDir: this.opts.cacheDir,
+        store: this.store,
+        tmpDir: () => this.tmpRoot,
+      });
+      const runtime = await pickRuntime(this.opts.runtime ?? 'auto');
+      this.emit({ type: 'note', text: `run steps: ${snapshotter.name} snapshotter, ${runtime}` });
+      return { snapshotter, runtime };
+    })();
+    return this.execution;
+  }
+
+  private async executionUsed(): Promise<BuildResult['execution']> {
+    const e = await this.execution?.catch(() => undefined);
+    return e ? { snapshotter: e.snapshotter.name, runtime: e.runtime } : undefined;
+  }
+
+  private stopReason(): string {
+    return this.opts.signal?.aborted ? 'build interrupted' : `stopped: the build stopped when ${this.firstError?.by ?? 'a step'} failed`;
   }
 
   /** Reuse the cache, or build; a second step with the same key in this run shares the first one's flight. */
   private async reuseOrBuild(
     image: ImageSpec,
-    step: CopyStep,
+    step: StepSpec,
     key: string,
     material: KeyMaterial,
-    plan: CopyPlan,
     startMs: number,
+    build: Build,
   ): Promise<StepResult> {
     const twin = this.flights.get(key);
     if (twin) {
@@ -233,13 +398,19 @@ class BuildRun {
       const reason = f.status === 'miss' ? `${f.reason} (built once for ${twin.by})` : f.reason;
       return this.result(image, step, { ...f, reason, key, startMs });
     }
-    const done = this.lookupOrBuild(image, step, key, material, plan);
+    const done = this.lookupOrBuild(image, step, key, material, build);
     done.catch(() => undefined);
     this.flights.set(key, { by: `${image.name}/${step.id}`, done });
     return this.result(image, step, { ...(await done), key, startMs });
   }
 
-  private async lookupOrBuild(image: ImageSpec, step: CopyStep, key: string, material: KeyMaterial, plan: CopyPlan): Promise<Flight> {
+  private async lookupOrBuild(
+    image: ImageSpec,
+    step: StepSpec,
+    key: string,
+    material: KeyMaterial,
+    build: Build,
+  ): Promise<Flight> {
     const cached = await this.records.get(key);
     let reason: string;
     if (cached && (cached.layer === null || (await this.store.verify(cached.layer.digest)))) {
@@ -251,8 +422,8 @@ class BuildRun {
     } else {
       reason = explainMiss((await this.records.lastFor(image.name, step.id))?.material, material);
     }
-    const t = performance.now();
-    const layer = await this.buildLayer(plan);
+    let t = performance.now();
+    const layer = await build(() => (t = performance.now()));
     const buildMs = Math.round(performance.now() - t);
     await this.records.put({ recordVersion: 1, key, image: image.name, step: step.id, material, layer, buildMs });
     return { status: 'miss', reason, layer, savedMs: 0 };
@@ -277,19 +448,21 @@ class BuildRun {
   }
 
   /** What a step sits on: its needs (in layer order), or its image's base. */
-  private async belowOf(image: ImageSpec, step: CopyStep): Promise<{ chain: string; dirs: DirMeta }> {
+  private async belowOf(image: ImageSpec, step: StepSpec): Promise<Below> {
     if (step.needs.length === 0) return this.baseOf(image);
     const order = this.layerOrder.get(image.name)!.map((s) => s.id);
     const needs = [...step.needs].sort((a, b) => order.indexOf(a) - order.indexOf(b));
     const keyed = await Promise.all(needs.map((n) => this.task(image.name, n).keyed));
-    return { chain: await belowKey(keyed.map((k) => k.chain)), dirs: mergeDirs(...keyed.map((k) => k.dirs)) };
+    const dirs = Promise.all(keyed.map((k) => k.dirs)).then((all) => mergeDirs(...all));
+    dirs.catch(() => undefined);
+    return { chain: await belowKey(keyed.map((k) => k.chain)), dirs };
   }
 
-  private async baseOf(image: ImageSpec): Promise<{ chain: string; dirs: DirMeta }> {
-    if (image.from.kind === 'scratch') return { chain: 'scratch', dirs: new Map() };
+  private async baseOf(image: ImageSpec): Promise<Below> {
+    if (image.from.kind === 'scratch') return { chain: 'scratch', dirs: Promise.resolve(new Map()) };
     if (image.from.kind === 'base') {
       const base = await this.external(image);
-      return { chain: `base:${base.image.manifestDigest}`, dirs: base.dirs };
+      return { chain: `base:${base.image.manifestDigest}`, dirs: Promise.resolve(base.dirs) };
     }
     const base = await this.imageKeyed(image.from.image);
     return { chain: base.key, dirs: base.dirs };
@@ -320,7 +493,7 @@ class BuildRun {
   }
 
   /** Key and directories of a whole image: its base, then every one of its layers in order. */
-  private imageKeyed(name: string): Promise<{ key: string; dirs: DirMeta }> {
+  private imageKeyed(name: string): Promise<{ key: string; dirs: Promise<DirMeta> }> {
     let p = this.imageKeys.get(name);
     if (!p) {
       const image = this.images.find((i) => i.name === name)!;
@@ -328,7 +501,9 @@ class BuildRun {
         const base = await this.baseOf(image);
         const steps = await Promise.all(this.layerOrder.get(name)!.map((s) => this.task(name, s.id).keyed));
         const key = await hashValue(['image', base.chain, ...steps.map((s) => s.chain)]);
-        return { key, dirs: mergeDirs(base.dirs, ...steps.map((s) => s.ownDirs)) };
+        const dirs = Promise.all([base.dirs, ...steps.map((s) => s.ownDirs)]).then((all) => mergeDirs(...all));
+        dirs.catch(() => undefined);
+        return { key, dirs };
       })();
       this.imageKeys.set(name, p);
     }
@@ -352,9 +527,7 @@ class BuildRun {
   }
 
   private reportSkipped(): void {
-    const reason = this.opts.signal?.aborted
-      ? 'build interrupted'
-      : `not built: the build stopped when ${this.firstError?.by ?? 'a step'} failed`;
+    const reason = this.opts.signal?.aborted ? 'build interrupted' : `not built: the build stopped when ${this.firstError?.by ?? 'a step'} failed`;
     for (const image of this.images) {
       for (const step of image.steps) {
         if (!this.results.has(nodeId(image.name, step.id))) {
@@ -366,7 +539,7 @@ class BuildRun {
 
   private result(
     image: ImageSpec,
-    step: CopyStep,
+    step: StepSpec,
     r: { status: StepResult['status']; reason: string; startMs: number; key?: string; layer?: LayerRef | null; savedMs?: number },
   ): StepResult {
     return {
@@ -396,6 +569,9 @@ class BuildRun {
   }
 }
 
+/** Builds a step's layer; calls `working` when it stops waiting and starts working (what a hit later saves). */
+type Build = (working: () => void) => Promise<LayerRef | null>;
+
 interface Flight {
   status: 'hit' | 'miss';
   reason: string;
@@ -404,8 +580,14 @@ interface Flight {
 }
 
 /** Errors a user can act on keep their kind; anything else becomes a step failure that names the step. */
-function asUserError(err: unknown, image: ImageSpec, step: CopyStep): Error {
-  if (err instanceof CopyDestinationError) return new ConfigError([destinationIssue(image, step, err)]);
+function asUserError(err: unknown, image: ImageSpec, step: StepSpec): Error {
+  if (err instanceof CopyDestinationError && step.kind === 'copy') return new ConfigError([destinationIssue(image, step, err)]);
+  if (err instanceof CommandFailedError) {
+    const tail = err.tail.length ? `\n  last lines of output:\n${err.tail.map((l) => `  | ${l}`).join('\n')}` : ' (no output)';
+    return new StepError(image.name, step.id, `${err.message}${tail}\n  whole output: ${err.logFile}`, step.pos, { cause: err });
+  }
+  // The runtime could not run the command (no such user, no such program…): say which step.
+  if (err instanceof RuntimeError) return new StepError(image.name, step.id, err.message, step.pos, { cause: err });
   if (err instanceof LayergraphError) return err;
   const message = err instanceof Error ? err.message : String(err);
   return new StepError(image.name, step.id, message, step.pos, { cause: err });

@@ -1,6 +1,6 @@
 /**
  * Leftovers of runs that were killed (a second Ctrl-C, SIGKILL, a crash):
- * temp uppers under `tmp/` and staging files under `ingest/`, named by
+ * temp uppers (and overlay mounts) under `tmp/` and staging files under `ingest/`, named by
  * `ownerTag()` (util/owner-tag.ts). They are never under a real name, so the cache stays valid
  * without this; sweeping only gives the disk space back.
  *
@@ -11,6 +11,7 @@
 import { readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { parseOwnerTag, thisHost } from '../util/owner-tag.js';
+import { mountsUnder, unmount } from '../snapshot/overlay-mount.js';
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 
@@ -24,9 +25,19 @@ export async function sweepStale(cacheDir: string): Promise<void> {
       const abs = path.join(dir, name);
       const deadHere = owner !== undefined && owner.host === host && !isAlive(owner.pid);
       const old = !deadHere && Date.now() - ((await stat(abs).catch(() => undefined))?.mtimeMs ?? Date.now()) > DAY_MS;
-      if (deadHere || old) await rm(abs, { recursive: true, force: true }).catch(() => undefined);
+      if (deadHere || old) await removeTree(abs);
     }
   }
+}
+
+/**
+ * A run killed mid-step can leave its overlay mounted: unmount before
+ * removing, or the removal would reach through the mount into the layers.
+ */
+export async function removeTree(dir: string): Promise<void> {
+  for (const point of await mountsUnder(dir)) await unmount(point).catch(() => undefined);
+  if ((await mountsUnder(dir)).length) return; // still mounted: leave it rather than delete through it
+  await rm(dir, { recursive: true, force: true }).catch(() => undefined);
 }
 
 function isAlive(pid: number): boolean {

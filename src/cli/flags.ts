@@ -24,6 +24,8 @@ export const COMMANDS = {
       jobs: { type: 'string', short: 'j', value: 'n', help: 'steps to run at once (default: number of CPUs)' },
       report: { type: 'string', multiple: true, value: 'file', help: 'write a report: .json or .md by extension; repeatable' },
       progress: { type: 'string', value: 'mode', help: 'auto | tty | plain | quiet (default: auto)' },
+      snapshotter: { type: 'string', value: 'name', help: 'how run steps get their root: auto | overlay | copy (default: auto, overlay where it can mount)' },
+      runtime: { type: 'string', value: 'name', help: 'what runs run steps: auto | runc | crun | chroot (default: auto, the first installed)' },
     },
   },
   validate: {

@@ -18,6 +18,7 @@ import { jsonReport, markdownReport, textReport } from '../report/summary.js';
 import { helpText, parseCli, type ParsedArgs } from './flags.js';
 import { createProgress, type ProgressMode } from './progress.js';
 import { withExcerpts } from './excerpts.js';
+import { runForcedExitCleanups } from '../util/forced-exit.js';
 
 export const EXIT = { ok: 0, buildFailed: 1, invalid: 2, interrupted: 130, bug: 70 } as const;
 
@@ -83,6 +84,8 @@ async function runCommand(file: string, values: Record<string, unknown>, io: Cli
     throw new UsageError(`--progress ${progressMode}: expected auto, tty, plain or quiet`);
   }
   const jobs = parseJobs(values.jobs as string | undefined);
+  const snapshotter = oneOf('--snapshotter', values.snapshotter, ['auto', 'overlay', 'copy'] as const);
+  const runtime = oneOf('--runtime', values.runtime, ['auto', 'runc', 'crun', 'chroot'] as const);
   const reports = (values.report as string[] | undefined) ?? [];
   for (const r of reports) {
     if (!/\.(json|md|markdown)$/i.test(r)) throw new UsageError(`--report ${r}: the file name must end in .json or .md`);
@@ -99,6 +102,8 @@ async function runCommand(file: string, values: Record<string, unknown>, io: Cli
       targets,
       jobs,
       sourceDateEpoch: epoch,
+      snapshotter,
+      runtime,
       onEvent: (e) => progress.onEvent(e),
       ...(io.signal ? { signal: io.signal } : {}),
     });
@@ -190,6 +195,12 @@ async function reportError(err: unknown, io: CliIo): Promise<number> {
   return EXIT.bug;
 }
 
+function oneOf<T extends string>(flag: string, value: unknown, allowed: readonly T[]): T {
+  if (value === undefined) return allowed[0]!;
+  if (!allowed.includes(value as T)) throw new UsageError(`${flag} ${String(value)}: expected ${allowed.join(', ')}`);
+  return value as T;
+}
+
 function parseJobs(value: string | undefined): number {
   if (value === undefined) return os.availableParallelism();
   const n = Number(value);
@@ -221,7 +232,10 @@ async function version(): Promise<string> {
 function interruptOnSignals(): { signal: AbortSignal; dispose(): void } {
   const ctl = new AbortController();
   const onSignal = (sig: NodeJS.Signals): void => {
-    if (ctl.signal.aborted) process.exit(sig === 'SIGINT' ? 130 : 143);
+    if (ctl.signal.aborted) {
+      runForcedExitCleanups();
+      process.exit(sig === 'SIGINT' ? 130 : 143);
+    }
     ctl.abort();
   };
   process.on('SIGINT', onSignal);

@@ -37,6 +37,8 @@ class PlainProgress implements ProgressView {
 
   onEvent(event: BuildEvent): void {
     if (event.type === 'step-start') this.out.write(`[${stamp(event.atMs)}] START ${event.image}/${event.step}\n`);
+    if (event.type === 'step-output') this.out.write(`${event.image}/${event.step} | ${event.line}\n`);
+    if (event.type === 'note') this.out.write(`${event.text}\n`);
     if (event.type === 'step-end') {
       const firstLine = stepLine(event.result).split('\n')[0];
       this.out.write(`[${stamp(event.result.startMs + event.result.durationMs)}] ${firstLine}\n`);
@@ -64,6 +66,10 @@ class TtyProgress implements ProgressView {
     } else if (event.type === 'step-end') {
       this.running.delete(`${event.result.image}/${event.result.step}`);
       this.redraw([colour(event.result)]);
+    } else if (event.type === 'step-output') {
+      this.redraw([`\x1b[2m${event.image}/${event.step} |\x1b[0m ${event.line}`]);
+    } else if (event.type === 'note') {
+      this.redraw([event.text]);
     }
   }
 

@@ -108,6 +108,7 @@ function checkSteps(ctx: Ctx, image: string, steps: unknown[]): void {
     if (!isRecord(step)) return;
     const stepAt = [...at, i];
     const label = typeof step.id === 'string' ? `step \`${step.id}\`` : 'step';
+    checkStepKind(ctx, step, stepAt);
     const from = step.from;
     if (typeof from === 'string' && IMAGE_NAME.test(from)) {
       const fromAt = [...stepAt, 'from'];
@@ -151,6 +152,28 @@ function checkSteps(ctx: Ctx, image: string, steps: unknown[]): void {
       });
     }
   });
+}
+
+const COPY_KEYS = ['copy', 'to', 'from', 'link', 'chmod', 'chown'];
+const RUN_KEYS = ['run', 'env', 'workdir', 'user', 'network'];
+
+/** A step copies or runs, never both: a key of the other kind is a mistake worth pointing at. */
+function checkStepKind(ctx: Ctx, step: Record<string, unknown>, stepAt: Segment[]): void {
+  const { src, issues } = ctx;
+  const runs = step.run !== undefined;
+  for (const key of runs ? COPY_KEYS : RUN_KEYS.slice(1)) {
+    if (step[key] === undefined) continue;
+    const keyAt = [...stepAt, key];
+    issues.push(
+      src.issue(
+        src.keyPos(keyAt),
+        keyAt,
+        runs
+          ? `\`${key}\` does not go with \`run\`: a step either copies (\`copy\`, \`to\`, ...) or runs a command; make it two steps`
+          : `\`${key}\` belongs to \`run\` steps, and this step has no \`run\``,
+      ),
+    );
+  }
 }
 
 function imagesList(ctx: Ctx): string {

@@ -5,7 +5,7 @@
 import path from 'node:path';
 import { isScalar } from 'yaml';
 import { parseBaseRef } from '../oci/base-image.js';
-import type { BuildSpec, CopyStep, ImageSpec } from './types.js';
+import type { BuildSpec, CopyStep, ImageSpec, RunStep, StepSpec } from './types.js';
 import type { Segment, SourceFile } from './positions.js';
 import { imageNames, type RawBuildFile, type RawImage, type RawStep } from './raw.js';
 import { commandOf, parseChmod, parseChown, parseExpose, parsePlatform } from './values.js';
@@ -44,29 +44,57 @@ function toImage(name: string, raw: RawImage, src: SourceFile): ImageSpec {
     labels: { ...raw.labels },
     expose: [...new Set((raw.expose ?? []).map((e) => must(parseExpose(e))))],
     tags: [...(raw.tags ?? [])],
+    merge: raw.merge ?? 'fail',
     steps: raw.steps.map((step, i) => toStep(step, [...at, 'steps', i], raw.steps[i - 1], src)),
   };
 }
 
-function toStep(raw: RawStep, at: Segment[], previous: RawStep | undefined, src: SourceFile): CopyStep {
+function toStep(raw: RawStep, at: Segment[], previous: RawStep | undefined, src: SourceFile): StepSpec {
   const pos = src.valuePos(at);
   const needs = raw.needs ?? (previous ? [previous.id] : []);
   const needsPos = raw.needs ? raw.needs.map((_, j) => src.valuePos([...at, 'needs', j])) : needs.map(() => pos);
-  const sources = typeof raw.copy === 'string' ? [raw.copy] : [...raw.copy];
-  const sourcesPos = typeof raw.copy === 'string' ? [src.valuePos([...at, 'copy'])] : raw.copy.map((_, j) => src.valuePos([...at, 'copy', j]));
+  const base = { id: raw.id, pos, needs, needsPos };
+  return raw.run !== undefined ? toRunStep(raw, raw.run, at, src, base) : toCopyStep(raw, at, src, base);
+}
+
+type StepHead = Pick<CopyStep, 'id' | 'pos' | 'needs' | 'needsPos'>;
+
+function toRunStep(raw: RawStep, run: string | string[], at: Segment[], src: SourceFile, base: StepHead): RunStep {
+  const env: Record<string, string> = {};
+  for (const [key, value] of Object.entries(raw.env ?? {})) env[key] = envValue(value, [...at, 'env', key], src);
+  const keyPos: RunStep['keyPos'] = {};
+  for (const key of ['run', 'env', 'workdir', 'user', 'network'] as const) {
+    if (raw[key] !== undefined) keyPos[key] = src.keyPos([...at, key]);
+  }
+  return {
+    kind: 'run',
+    ...base,
+    link: false,
+    argv: commandOf(run),
+    shell: typeof run === 'string',
+    env,
+    workdir: raw.workdir,
+    user: raw.user === undefined ? undefined : String(raw.user),
+    network: raw.network ?? 'none',
+    keyPos,
+  };
+}
+
+function toCopyStep(raw: RawStep, at: Segment[], src: SourceFile, base: StepHead): CopyStep {
+  // The checks made sure a step without `run` has both.
+  const copy = raw.copy!;
+  const sources = typeof copy === 'string' ? [copy] : [...copy];
+  const sourcesPos = typeof copy === 'string' ? [src.valuePos([...at, 'copy'])] : copy.map((_, j) => src.valuePos([...at, 'copy', j]));
   const keyPos: CopyStep['keyPos'] = {};
   for (const key of ['copy', 'to', 'from', 'chmod', 'chown', 'link'] as const) {
     if (raw[key] !== undefined) keyPos[key] = src.keyPos([...at, key]);
   }
   return {
     kind: 'copy',
-    id: raw.id,
-    pos,
-    needs,
-    needsPos,
+    ...base,
     sources,
     sourcesPos,
-    to: raw.to,
+    to: raw.to!,
     fromImage: raw.from === undefined ? undefined : { image: raw.from, pos: src.valuePos([...at, 'from']) },
     link: raw.link ?? false,
     chmod: raw.chmod === undefined ? undefined : parseChmod(raw.chmod),

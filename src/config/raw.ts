@@ -23,17 +23,24 @@ export interface RawImage {
   labels?: Record<string, string>;
   expose?: Array<number | string>;
   tags?: string[];
+  merge?: 'fail' | 'declared-order';
   steps: RawStep[];
 }
 
+/** A copy step has `copy` and `to`; a run step has `run` (the checks keep the two kinds' keys apart). */
 export interface RawStep {
   id: string;
-  copy: string | string[];
-  to: string;
+  copy?: string | string[];
+  to?: string;
   from?: string;
   link?: boolean;
   chmod?: string;
   chown?: string | number;
+  run?: string | string[];
+  env?: Record<string, string | number | boolean>;
+  workdir?: string;
+  user?: string | number;
+  network?: 'none' | 'host';
   needs?: string[];
 }
 

@@ -38,6 +38,7 @@ export function schemaIssues(data: unknown, src: SourceFile): ConfigIssue[] {
     }
     switch (err.keyword) {
       case 'propertyNames':
+      case 'if':
         break; // already reported through its inner error
       case 'additionalProperties': {
         const key = String((err.params as { additionalProperty: string }).additionalProperty);
@@ -61,11 +62,14 @@ export function schemaIssues(data: unknown, src: SourceFile): ConfigIssue[] {
     }
   }
   for (const { at, keys: all } of missing.values()) {
-    const keys = all.filter((k) => !meant.has(`${formatPath(at)} ${k}`));
+    // `id` first, as files write it (the schema's `if`/`else` reports `copy` and `to` before it).
+    const keys = all.filter((k) => !meant.has(`${formatPath(at)} ${k}`)).sort((a, b) => Number(b === 'id') - Number(a === 'id'));
     if (!keys.length) continue;
     const list = keys.map((k) => `\`${k}\``);
     const what = list.length === 1 ? list[0] : `${list.slice(0, -1).join(', ')} and ${list[list.length - 1]}`;
-    issues.push(src.issue(src.keyPos(at), at, `${nameOfMapping(at)} is missing ${what}`));
+    // Neither `copy` nor `to`: the step may as well have meant to run something.
+    const orRun = isStepPath(at) && keys.includes('copy') && keys.includes('to') ? ' (or `run`, to run a command)' : '';
+    issues.push(src.issue(src.keyPos(at), at, `${nameOfMapping(at)} is missing ${what}${orRun}`));
   }
   return issues;
 }
@@ -82,7 +86,7 @@ let compiled: ValidateFunction | undefined;
 function validator(): ValidateFunction {
   if (!compiled) {
     const schema = JSON.parse(readFileSync(new URL('../../schemas/build.schema.json', import.meta.url), 'utf8')) as object;
-    const ajv = new Ajv({ allErrors: true, verbose: true, allowUnionTypes: true, strict: true });
+    const ajv = new Ajv({ allErrors: true, verbose: true, allowUnionTypes: true, strict: true, strictRequired: false });
     ajv.addVocabulary(['x-expected']);
     compiled = ajv.compile(schema);
   }
@@ -106,12 +110,12 @@ function segments(pointer: string, data: unknown): Segment[] {
   return out;
 }
 
-const STEP_KINDS_LATER = new Set(['run', 'add', 'shell', 'script', 'exec']);
+const STEP_KINDS_LATER = new Set(['add', 'shell', 'script', 'exec', 'cmd']);
 
 function unknownKey(key: string, at: Segment[], allowed: string[], guess: string | undefined): string {
   const head = `unknown key \`${key}\` in ${nameOfMapping(at)}`;
+  if (isStepPath(at) && STEP_KINDS_LATER.has(key)) return `${head}; a step copies (\`copy\`, \`to\`) or runs a command (\`run\`)`;
   if (guess) return `${head}; did you mean \`${guess}\`?`;
-  if (isStepPath(at) && STEP_KINDS_LATER.has(key)) return `${head}; copy steps are the only kind of step in this version`;
   return `${head}; expected one of ${allowed.map((k) => `\`${k}\``).join(', ')}`;
 }
 

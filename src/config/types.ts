@@ -40,11 +40,13 @@ export interface ImageSpec {
   /** Normalised to `<port>/<proto>` (tcp when omitted). */
   expose: string[];
   tags: string[];
+  /** How two steps with no order between them that change the same path are resolved. */
+  merge: 'fail' | 'declared-order';
   /** Steps in file order. */
   steps: StepSpec[];
 }
 
-export type StepSpec = CopyStep;
+export type StepSpec = CopyStep | RunStep;
 
 interface StepBase {
   id: string;
@@ -58,6 +60,8 @@ interface StepBase {
   needs: string[];
   /** Position of each `needs` entry (same order), or the step's position when defaulted. */
   needsPos: SourcePos[];
+  /** Built without the filesystem below it (copy steps only; a command always sees what it runs on). */
+  link: boolean;
 }
 
 export interface CopyStep extends StepBase {
@@ -70,10 +74,24 @@ export interface CopyStep extends StepBase {
   to: string;
   /** Copy out of another image of this file instead of the context. */
   fromImage: { image: string; pos: SourcePos } | undefined;
-  link: boolean;
   /** Octal mode as a number, applied to every file and directory copied. */
   chmod: number | undefined;
   chown: { uid: number; gid: number } | undefined;
   /** Positions of the step's keys, so a later error can point at e.g. `to`. */
   keyPos: Partial<Record<'copy' | 'to' | 'from' | 'chmod' | 'chown' | 'link', SourcePos>>;
+}
+
+export interface RunStep extends StepBase {
+  kind: 'run';
+  link: false;
+  /** The command's argv: a string in the file becomes `/bin/sh -c <string>`. */
+  argv: string[];
+  /** Whether the file wrote the command as a string (for the history line). */
+  shell: boolean;
+  /** On top of the image's environment. */
+  env: Record<string, string>;
+  workdir: string | undefined;
+  user: string | undefined;
+  network: 'none' | 'host';
+  keyPos: Partial<Record<'run' | 'env' | 'workdir' | 'user' | 'network', SourcePos>>;
 }

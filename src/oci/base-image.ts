@@ -20,6 +20,7 @@ import { MEDIA_TYPE_INDEX } from './media-types.js';
 import { blobPath, findImage, readBlob, type Descriptor } from './layout-reader.js';
 import type { HistoryEntry, RuntimeConfig } from './image-config.js';
 import { uncompressed } from './layer-apply.js';
+import { layerEntries } from './layer-headers.js';
 import { writeFileAtomic } from '../util/fs-atomic.js';
 import { readJsonIfPresent } from '../util/fs-read.js';
 
@@ -234,21 +235,13 @@ async function readLayerDirs(layers: ReadonlyArray<{ digest: string }>, store: C
     for (const k of [...dirs.keys()]) if ((!keepSelf && k === rel) || k.startsWith(`${rel}/`) || rel === '') dirs.delete(k);
   };
   for (const layer of layers) {
-    const ex = tar.extract();
-    const input = store.read(layer.digest);
-    const bytes = await uncompressed(input);
-    bytes.on('error', (err) => ex.destroy(err));
-    bytes.pipe(ex as unknown as NodeJS.WritableStream);
-    for await (const entry of ex) {
-      const h = entry.header;
-      const rel = path.posix.normalize(h.name).replace(/^(\.\/)+|^\/+|\/+$/g, '').replace(/^\.$/, '');
+    for await (const { rel, header: h } of layerEntries(layer.digest, store)) {
       const base = path.posix.basename(rel);
       const parent = path.posix.dirname(rel) === '.' ? '' : path.posix.dirname(rel);
       if (base === '.wh..wh..opq') drop(parent, true);
       else if (base.startsWith('.wh.')) drop(parent ? `${parent}/${base.slice(4)}` : base.slice(4), false);
       else if (h.type === 'directory' && rel) dirs.set(rel, { mode: (h.mode ?? 0o755) & 0o7777, uid: h.uid ?? 0, gid: h.gid ?? 0 });
       else if (rel) drop(rel, false);
-      entry.resume();
     }
   }
   return dirs;

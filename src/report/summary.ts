@@ -37,7 +37,8 @@ export function textReport(result: BuildResult): string {
     r.status.toUpperCase(),
     formatMs(r.durationMs),
     r.layer ? formatBytes(r.layer.size) : '-',
-    r.reason,
+    // The first line: a failed command's output is in the error printed after the report.
+    r.reason.split('\n')[0]!,
   ]);
   const widths = [0, 1, 2, 3].map((c) => Math.max(...rows.map((row) => row[c]!.length)));
   const lines = rows.map((row) =>
@@ -46,9 +47,15 @@ export function textReport(result: BuildResult): string {
       .join('  ')
       .trimEnd(),
   );
+  for (const m of result.merges) lines.push(mergeLine(m));
   for (const img of result.images) lines.push(`${img.name}: ${img.manifestDigest}${img.tags.length ? ` (${img.tags.join(', ')})` : ''}`);
+  if (result.execution) lines.push(`run steps used the ${result.execution.snapshotter} snapshotter and ${result.execution.runtime}`);
   lines.push(summaryLine(summarize(result)));
   return lines.join('\n') + '\n';
+}
+
+function mergeLine(m: BuildResult['merges'][number]): string {
+  return `${m.image}: ${m.path} changed by both ${m.steps[0]} and ${m.steps[1]}; ${m.winner} wins (merge: declared-order)`;
 }
 
 export function summaryLine(s: BuildSummary): string {
@@ -76,7 +83,10 @@ export function jsonReport(result: BuildResult): string {
           startMs: r.startMs,
           durationMs: r.durationMs,
           layer: r.layer ? { digest: r.layer.digest, diffId: r.layer.diffId, size: r.layer.size } : null,
+          ...(r.logFile ? { log: r.logFile } : {}),
         })),
+        merges: result.merges,
+        ...(result.execution ? { execution: result.execution } : {}),
         summary: { total: s.total, hits: s.hits, misses: s.misses, failed: s.failed, skipped: s.skipped, durationMs: s.durationMs, savedMs: s.savedMs },
         ...(result.error ? { error: result.error.message } : {}),
       },
@@ -100,6 +110,7 @@ export function markdownReport(result: BuildResult): string {
     lines.push('', '| Image | Tags | Manifest |', '| --- | --- | --- |');
     for (const img of result.images) lines.push(`| ${cell(img.name)} | ${cell(img.tags.join(', '))} | \`${img.manifestDigest}\` |`);
   }
+  if (result.merges.length) lines.push('', ...result.merges.map((m) => `- ${mergeLine(m)}`));
   return lines.join('\n') + '\n';
 }
 

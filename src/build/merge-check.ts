@@ -1,0 +1,131 @@
+/**
+ * The merger's check: an image stacks its layers in layer order, which is
+ * only one of the orders its graph allows when two steps do not need each
+ * other. If such steps change the same path, the image would depend on an
+ * order nobody asked for — so that is an error, unless the image says
+ * `merge: declared-order`, in which case the later-declared step wins and
+ * the report says so.
+ */
+import path from 'node:path';
+import type { ContentStore } from '../cache/content-store.js';
+import type { LayerRef } from '../cache/step-records.js';
+import type { ImageSpec, StepSpec } from '../config/types.js';
+import { MergeConflictError } from '../errors.js';
+import { layerEntries } from '../oci/layer-headers.js';
+
+/** A path two unordered steps both changed, and the step whose change the image keeps. */
+export interface MergeChoice {
+  path: string;
+  steps: [string, string];
+  winner: string;
+}
+
+/**
+ * Checks `image`'s steps (`order`: its layer order). Returns what
+ * `declared-order` decided; throws MergeConflictError under `fail`.
+ */
+export async function checkMerge(
+  image: ImageSpec,
+  order: StepSpec[],
+  layerOf: (step: string) => Promise<LayerRef | null>,
+  store: ContentStore,
+): Promise<MergeChoice[]> {
+  const pairs = unorderedPairs(order);
+  if (!pairs.length) return [];
+  const changes = new Map<string, Promise<Changes>>();
+  const changesOf = (step: string): Promise<Changes> => {
+    let p = changes.get(step);
+    if (!p) {
+      p = layerOf(step).then((layer) => (layer ? readChanges(layer, store) : new Map()));
+      changes.set(step, p);
+    }
+    return p;
+  };
+  const found: MergeChoice[] = [];
+  for (const [a, b] of pairs) {
+    for (const p of clashes(await changesOf(a.id), await changesOf(b.id))) {
+      // `order` puts the later-declared step later, so it lands on top.
+      found.push({ path: `/${p}`, steps: [a.id, b.id], winner: b.id });
+    }
+  }
+  if (found.length && image.merge === 'fail') throw new MergeConflictError(image.name, found);
+  return found;
+}
+
+type Change = 'dir' | 'opaque' | 'other' | 'delete';
+type Changes = Map<string, Change>;
+
+/** Pairs of steps neither of which needs the other (directly or not), each pair in layer order. */
+function unorderedPairs(order: StepSpec[]): Array<[StepSpec, StepSpec]> {
+  const byId = new Map(order.map((s) => [s.id, s]));
+  const below = new Map<string, Set<string>>();
+  const belowOf = (id: string): Set<string> => {
+    let set = below.get(id);
+    if (!set) {
+      set = new Set();
+      for (const need of byId.get(id)?.needs ?? []) {
+        set.add(need);
+        for (const n of belowOf(need)) set.add(n);
+      }
+      below.set(id, set);
+    }
+    return set;
+  };
+  const pairs: Array<[StepSpec, StepSpec]> = [];
+  order.forEach((a, i) => {
+    for (const b of order.slice(i + 1)) {
+      if (!belowOf(b.id).has(a.id) && !belowOf(a.id).has(b.id)) pairs.push([a, b]);
+    }
+  });
+  return pairs;
+}
+
+async function readChanges(layer: LayerRef, store: ContentStore): Promise<Changes> {
+  const changes: Changes = new Map();
+  for await (const { rel, header } of layerEntries(layer.digest, store)) {
+    if (!rel) continue;
+    const base = path.posix.basename(rel);
+    const dir = path.posix.dirname(rel) === '.' ? '' : path.posix.dirname(rel);
+    if (base === '.wh..wh..opq') {
+      if (dir) changes.set(dir, 'opaque');
+    } else if (base.startsWith('.wh.')) changes.set(dir ? `${dir}/${base.slice(4)}` : base.slice(4), 'delete');
+    else if (header.type === 'directory') {
+      if (changes.get(rel) !== 'opaque') changes.set(rel, 'dir');
+    } else changes.set(rel, 'other');
+  }
+  return changes;
+}
+
+/**
+ * Paths whose result depends on which of the two layers is applied last:
+ * the same path changed by both (two directories, or two deletions, agree),
+ * or one layer changing something below a path the other deletes, replaces
+ * with a non-directory, or empties (opaque).
+ */
+function clashes(a: Changes, b: Changes): string[] {
+  const out = new Set<string>();
+  for (const [x, y] of [
+    [a, b],
+    [b, a],
+  ] as const) {
+    for (const [p, change] of x) {
+      const other = y.get(p);
+      if (other !== undefined && !agree(change, other)) out.add(p);
+      for (let q = parentOf(p); q !== ''; q = parentOf(q)) {
+        const above = y.get(q);
+        if (above === 'delete' || above === 'other' || above === 'opaque') out.add(p);
+      }
+    }
+  }
+  return [...out].sort();
+}
+
+function agree(a: Change, b: Change): boolean {
+  const dirLike = (c: Change) => c === 'dir' || c === 'opaque';
+  return (dirLike(a) && dirLike(b)) || (a === 'delete' && b === 'delete');
+}
+
+function parentOf(p: string): string {
+  const d = path.posix.dirname(p);
+  return d === '.' ? '' : d;
+}
