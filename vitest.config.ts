@@ -5,6 +5,7 @@ export default defineConfig({
     include: ['test/**/*.test.ts'],
     testTimeout: 60_000,
     hookTimeout: 60_000,
+    globalSetup: ['./test/helpers/no-mounts-left.ts'],
     reporters: ['default', './test/helpers/closing-line-reporter.ts'],
   },
 });
