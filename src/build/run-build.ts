@@ -23,7 +23,7 @@ import { StepRecords, type LayerRef } from '../cache/step-records.js';
 import type { BuildSpec, CopyStep, ImageSpec, RunStep, StepSpec } from '../config/types.js';
 import { loadContextFilter, NO_FILTER, type ContextFilter } from '../context/context-filter.js';
 import { ContentHasher } from '../context/file-hasher.js';
-import { ConfigError, LayergraphError, RuntimeError, StepError, UsageError } from '../errors.js';
+import { ConfigError, LayergraphError, StepError, UsageError } from '../errors.js';
 import { importBase, layerDirs, type BaseImage } from '../oci/base-image.js';
 import { hostPlatform, inheritConfig, type RuntimeConfig } from '../oci/image-config.js';
 import { CopyDestinationError, mergeDirs, planCopy, type CopyPlan, type DirMeta } from '../exec/copy-step.js';
@@ -586,8 +586,11 @@ function asUserError(err: unknown, image: ImageSpec, step: StepSpec): Error {
     const tail = err.tail.length ? `\n  last lines of output:\n${err.tail.map((l) => `  | ${l}`).join('\n')}` : ' (no output)';
     return new StepError(image.name, step.id, `${err.message}${tail}\n  whole output: ${err.logFile}`, step.pos, { cause: err });
   }
-  // The runtime could not run the command (no such user, no such program…): say which step.
-  if (err instanceof RuntimeError) return new StepError(image.name, step.id, err.message, step.pos, { cause: err });
+  // The runtime could not run the command (no such user, no such program…), a
+  // mount failed, a layer was refused: say which step it happened in.
+  if (err instanceof LayergraphError && !(err instanceof ConfigError) && !(err instanceof StepError) && !(err instanceof UsageError)) {
+    return new StepError(image.name, step.id, err.message, step.pos, { cause: err });
+  }
   if (err instanceof LayergraphError) return err;
   const message = err instanceof Error ? err.message : String(err);
   return new StepError(image.name, step.id, message, step.pos, { cause: err });
