@@ -11,11 +11,12 @@ import { useTmpDirs } from './helpers/tmp.js';
 
 const tmpDir = useTmpDirs();
 
-/** A layer of just these entries: `dir/`, `file`, `.wh.name`. */
+/** A layer of just these entries: `dir/` (or `dir/:700` for another mode), `file`, `.wh.name`. */
 async function layer(store: ContentStore, names: string[]): Promise<LayerRef> {
   const pack = tar.pack();
-  for (const name of names) {
-    if (name.endsWith('/')) pack.entry({ name, type: 'directory', mode: 0o755 });
+  for (const spec of names) {
+    const [name = '', mode = '755'] = spec.split(':');
+    if (name.endsWith('/')) pack.entry({ name, type: 'directory', mode: parseInt(mode, 8) });
     else pack.entry({ name, type: 'file', mode: 0o644 }, 'x');
   }
   pack.finalize();
@@ -58,6 +59,11 @@ describe('checkMerge', () => {
       b: ['srv/', 'srv/data', 'opt/', 'opt/tool'],
     }).catch((e: unknown) => e)) as MergeConflictError;
     expect(err.conflicts.map((c) => c.path)).toEqual(['/opt/tool', '/srv', '/srv/data']);
+  });
+
+  it('sees a directory whose mode one step changed and the other copied up unchanged', async () => {
+    const err = (await check('fail', { a: ['srv/:700'], b: ['srv/', 'srv/x'] }).catch((e: unknown) => e)) as MergeConflictError;
+    expect(err.conflicts.map((c) => c.path)).toEqual(['/srv']);
   });
 
   it('says nothing of steps that are ordered by needs, directly or not', async () => {

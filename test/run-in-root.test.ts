@@ -198,7 +198,7 @@ describe.each(runtimes)('runInRoot with $runtime', ({ runtime, skip }) => {
     });
   });
 
-  test('gives the command its own pid namespace, /dev, read-only /sys and /etc files', async () => {
+  test('gives the command its own pid namespace, /dev, read-only /sys, /proc/sys and /etc files', async () => {
     await withOverlay(runtime, async (m) => {
       const r = await m.sh(
         [
@@ -210,16 +210,17 @@ describe.each(runtimes)('runInRoot with $runtime', ({ runtime, skip }) => {
           'grep -c "^127.0.0.1.*localhost" /etc/hosts',
           'grep -q " /sys ro," /proc/self/mountinfo && echo sys-ro',
           'echo x 2>/dev/null >> /etc/hosts || echo hosts-ro',
+          'echo 1 2>/dev/null > /proc/sys/kernel/sysrq || echo proc-sys-ro',
         ].join('\n'),
       );
       const lines = r.out.split('\n');
       expect(lines[0]).toBe('pid 1');
       // This shell and the `ls`, the `grep` of the pipe; nothing of the host.
       expect(Number(lines[1])).toBeLessThanOrEqual(3);
-      // The lines of `ls /dev`, between the count and the six last lines (and the final newline).
-      const dev = lines.slice(2, -7);
+      // The lines of `ls /dev`, between the count and the seven last lines (and the final newline).
+      const dev = lines.slice(2, -8);
       expect(dev).toEqual(expect.arrayContaining(['fd', 'full', 'null', 'ptmx', 'pts', 'random', 'shm', 'stderr', 'stdin', 'stdout', 'tty', 'urandom', 'zero']));
-      expect(r.out).toMatch(/null-ok\nlayergraph\nlayergraph\n1\nsys-ro\nhosts-ro\n$/);
+      expect(r.out).toMatch(/null-ok\nlayergraph\nlayergraph\n1\nsys-ro\nhosts-ro\nproc-sys-ro\n$/);
       expect(await listAll(m.upper)).toEqual([]);
     });
   });

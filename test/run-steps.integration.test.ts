@@ -95,6 +95,7 @@ interface Report {
     id: string;
     status: string;
     reason: string;
+    key: string;
     startMs: number;
     durationMs: number;
     layer: { digest: string; diffId: string; size: number } | null;
@@ -395,6 +396,52 @@ describe.skipIf(!READY)('run steps', () => {
     const bundle = path.join(work, 'same-bundle');
     await tool('umoci', ['unpack', '--image', `${out}:same`, bundle]);
     expect(await readFile(path.join(bundle, 'rootfs/g'), 'utf8')).toBe('x\n');
+  });
+
+  it('gives a step the same files below it whether its lower was kept from the upper or unpacked from the blob', async () => {
+    // `ls --full-time` makes every mtime and size below part of the layer.
+    await writeFile(
+      path.join(ctx, 'kept.yaml'),
+      busyboxBuildFile(`  kept:
+    from: base
+    steps:
+      - id: below
+        run: mkdir /data && echo hi > /data/a && mkfifo /data/fifo
+      - id: above
+        run: ls -l --full-time /data /bin/sh > /listing
+`),
+    );
+    const keptCache = path.join(work, 'kept-cache');
+    const kept = await build('kept.yaml', { cache: keptCache, out: path.join(work, 'kept-out1') });
+    expect(kept.exitCode, kept.stderr + kept.stdout).toBe(0);
+    // Another machine: the layer below is in the cache, its snapshot is not.
+    await rm(path.join(keptCache, 'snapshots', 'layers'), { recursive: true, force: true });
+    const above = stepOf(kept.report, 'kept', 'above')!;
+    await rm(path.join(keptCache, 'records', `${above.key}.json`));
+    const unpacked = await build('kept.yaml', { cache: keptCache, out: path.join(work, 'kept-out2') });
+    expect(statuses(unpacked.report)['kept/above']).toBe('miss');
+    expect(stepOf(unpacked.report, 'kept', 'above')!.layer!.digest).toBe(above.layer!.digest);
+  });
+
+  it('sees a parallel step changing the mode of a directory the other writes into as a conflict', async () => {
+    await writeFile(
+      path.join(ctx, 'dirmode.yaml'),
+      busyboxBuildFile(`  dirmode:
+    from: base
+    steps:
+      - id: mk
+        run: mkdir -p /srv/shared && chmod 755 /srv/shared
+      - id: lock
+        needs: [mk]
+        run: chmod 700 /srv/shared
+      - id: fill
+        needs: [mk]
+        run: touch /srv/shared/x
+`),
+    );
+    const res = await build('dirmode.yaml');
+    expect(res.exitCode).toBe(1);
+    expect(res.stderr).toMatch(/\/srv\/shared: changed by both `lock` and `fill`/);
   });
 
   it('fails a build on a failing command, shows its output and code, and leaves a usable cache', async () => {

@@ -52,7 +52,12 @@ export async function checkMerge(
   return found;
 }
 
-type Change = 'dir' | 'opaque' | 'other' | 'delete';
+/**
+ * What a layer does to a path. A directory carries its metadata: overlayfs
+ * copies a directory up, metadata and all, whenever something is written
+ * below it, so a sibling's layer carries the mode the other step changed.
+ */
+type Change = { kind: 'dir' | 'opaque'; meta: string } | { kind: 'other' | 'delete' };
 type Changes = Map<string, Change>;
 
 /** Pairs of steps neither of which needs the other (directly or not), each pair in layer order. */
@@ -87,11 +92,13 @@ async function readChanges(layer: LayerRef, store: ContentStore): Promise<Change
     const base = path.posix.basename(rel);
     const dir = path.posix.dirname(rel) === '.' ? '' : path.posix.dirname(rel);
     if (base === '.wh..wh..opq') {
-      if (dir) changes.set(dir, 'opaque');
-    } else if (base.startsWith('.wh.')) changes.set(dir ? `${dir}/${base.slice(4)}` : base.slice(4), 'delete');
+      const d = changes.get(dir);
+      if (dir) changes.set(dir, { kind: 'opaque', meta: d && 'meta' in d ? d.meta : '' });
+    } else if (base.startsWith('.wh.')) changes.set(dir ? `${dir}/${base.slice(4)}` : base.slice(4), { kind: 'delete' });
     else if (header.type === 'directory') {
-      if (changes.get(rel) !== 'opaque') changes.set(rel, 'dir');
-    } else changes.set(rel, 'other');
+      const meta = dirMeta(header);
+      changes.set(rel, { kind: changes.get(rel)?.kind === 'opaque' ? 'opaque' : 'dir', meta });
+    } else changes.set(rel, { kind: 'other' });
   }
   return changes;
 }
@@ -112,7 +119,7 @@ function clashes(a: Changes, b: Changes): string[] {
       const other = y.get(p);
       if (other !== undefined && !agree(change, other)) out.add(p);
       for (let q = parentOf(p); q !== ''; q = parentOf(q)) {
-        const above = y.get(q);
+        const above = y.get(q)?.kind;
         if (above === 'delete' || above === 'other' || above === 'opaque') out.add(p);
       }
     }
@@ -120,9 +127,18 @@ function clashes(a: Changes, b: Changes): string[] {
   return [...out].sort();
 }
 
+/** Two directories with the same metadata, or two deletions, give the same result in either order. */
 function agree(a: Change, b: Change): boolean {
-  const dirLike = (c: Change) => c === 'dir' || c === 'opaque';
-  return (dirLike(a) && dirLike(b)) || (a === 'delete' && b === 'delete');
+  if (a.kind === 'delete' && b.kind === 'delete') return true;
+  return 'meta' in a && 'meta' in b && a.meta === b.meta;
+}
+
+/** Mode, owner and extended attributes: what a directory entry sets. */
+function dirMeta(header: { mode?: number; uid?: number; gid?: number; pax?: unknown }): string {
+  const xattrs = Object.entries((header.pax as Record<string, string> | null | undefined) ?? {})
+    .filter(([k]) => k.startsWith('SCHILY.xattr.'))
+    .sort(([a], [b]) => (a < b ? -1 : 1));
+  return JSON.stringify([(header.mode ?? 0) & 0o7777, header.uid ?? 0, header.gid ?? 0, xattrs]);
 }
 
 function parentOf(p: string): string {

@@ -310,7 +310,8 @@ class BuildRun {
   /** Records a step's failure (the build's first one stops the rest), or that it was stopped or skipped. */
   private failed(err: unknown, image: ImageSpec, step: StepSpec, startMs: number): never {
     if (err instanceof Skipped) throw err;
-    if (err instanceof CommandStoppedError) {
+    // Ctrl-C reaches the helpers we run (mount, getfattr…) too: what fails after it was stopped, not broken.
+    if (err instanceof CommandStoppedError || (this.opts.signal?.aborted && !this.firstError)) {
       this.finish(this.result(image, step, { status: 'skipped', reason: this.stopReason(), startMs }));
       throw new Skipped();
     }
@@ -367,7 +368,8 @@ class BuildRun {
         tmpDir: () => this.tmpRoot,
       });
       const runtime = await pickRuntime(this.opts.runtime ?? 'auto');
-      this.emit({ type: 'note', text: `run steps: ${snapshotter.name} snapshotter, ${runtime}` });
+      const caveat = runtime === 'chroot' ? ' (no runc or crun: commands are isolated, not sandboxed — a root command can leave a chroot)' : '';
+      this.emit({ type: 'note', text: `run steps: ${snapshotter.name} snapshotter, ${runtime}${caveat}` });
       return { snapshotter, runtime };
     })();
     return this.execution;

@@ -8,12 +8,15 @@
  * and CI containers often share one cache volume: so a leftover is swept when
  * its writer is this host and that pid is gone, or when it is a day old.
  */
+import { execFile } from 'node:child_process';
 import { readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { parseOwnerTag, thisHost } from '../util/owner-tag.js';
 import { mountsUnder, unmount } from '../snapshot/overlay-mount.js';
 
 const DAY_MS = 24 * 60 * 60 * 1000;
+const run = promisify(execFile);
 
 export async function sweepStale(cacheDir: string): Promise<void> {
   const host = thisHost();
@@ -23,8 +26,10 @@ export async function sweepStale(cacheDir: string): Promise<void> {
     for (const name of names) {
       const owner = parseOwnerTag(name);
       const abs = path.join(dir, name);
-      const deadHere = owner !== undefined && owner.host === host && !isAlive(owner.pid);
-      const old = !deadHere && Date.now() - ((await stat(abs).catch(() => undefined))?.mtimeMs ?? Date.now()) > DAY_MS;
+      const here = owner !== undefined && owner.host === host;
+      const deadHere = here && !isAlive(owner.pid);
+      // A live run of this host may well be older than a day: never pull its steps away.
+      const old = !here && Date.now() - ((await stat(abs).catch(() => undefined))?.mtimeMs ?? Date.now()) > DAY_MS;
       if (deadHere || old) await removeTree(abs);
     }
   }
@@ -35,9 +40,28 @@ export async function sweepStale(cacheDir: string): Promise<void> {
  * removing, or the removal would reach through the mount into the layers.
  */
 export async function removeTree(dir: string): Promise<void> {
+  await stopContainers(dir);
   for (const point of await mountsUnder(dir)) await unmount(point).catch(() => undefined);
   if ((await mountsUnder(dir)).length) return; // still mounted: leave it rather than delete through it
   await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+}
+
+/**
+ * Containers a killed run left running (their runtime state is under the
+ * run's directory, `run-*\/runtime/state`): killed and deleted, before their
+ * root is unmounted from under them.
+ */
+async function stopContainers(dir: string): Promise<void> {
+  const steps = await readdir(dir).catch(() => [] as string[]);
+  for (const step of steps.filter((s) => s.startsWith('run-'))) {
+    const state = path.join(dir, step, 'runtime', 'state');
+    for (const id of await readdir(state).catch(() => [] as string[])) {
+      for (const runtime of ['runc', 'crun']) {
+        await run(runtime, [`--root=${state}`, 'kill', id, 'KILL']).catch(() => undefined);
+        await run(runtime, [`--root=${state}`, 'delete', '--force', id]).catch(() => undefined);
+      }
+    }
+  }
 }
 
 function isAlive(pid: number): boolean {

@@ -10,8 +10,10 @@
  * Host tools do everything up to the chroot; the inner `unshare` changes
  * root and working directory, drops to the user last (which also drops the
  * capabilities of a non-root user, as Docker does) and execs the command,
- * which is pid 1 of its namespace. No seccomp, masked /proc paths or device
- * cgroup: this isolates a build, it is not a sandbox.
+ * which is pid 1 of its namespace. /proc's knobs are read-only and its
+ * secrets masked, as runc does; but there is no seccomp, no device cgroup,
+ * and a chroot keeps CAP_SYS_CHROOT, with which a root command can climb out
+ * of it: this isolates a build, it is not a sandbox (runc is).
  */
 import { execFile } from 'node:child_process';
 import { readFile, realpath, stat, writeFile } from 'node:fs/promises';
@@ -126,6 +128,16 @@ case $lo in
   */ip) "$lo" link set lo up ;;
   */ifconfig) "$lo" lo up ;;
 esac
+# As runc's default spec does: the kernel's knobs read-only, its secrets masked.
+for p in sys sysrq-trigger irq bus fs; do
+  if [ -e "$root/proc/$p" ]; then
+    mount --bind "$root/proc/$p" "$root/proc/$p"
+    mount -o remount,bind,ro "$root/proc/$p"
+  fi
+done
+for p in kcore keys timer_list sched_debug latency_stats timer_stats; do
+  if [ -f "$root/proc/$p" ]; then mount --bind /dev/null "$root/proc/$p"; fi
+done
 echo '${STARTED}' >&2
 exec "$@" 2>&3 3>&-
 `;

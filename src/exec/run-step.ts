@@ -57,6 +57,7 @@ const TAIL_LINES = 20;
 /** Builds the step's layer; null when the command changed nothing. */
 export async function runStepLayer(req: RunRequest, deps: RunDeps): Promise<LayerRef | null> {
   const root = await deps.snapshotter.prepare(req.lowers, req.workDir);
+  let failed = false;
   try {
     await mkdir(path.dirname(req.logFile), { recursive: true });
     const output = new OutputLog(req.logFile, req.onLine);
@@ -71,6 +72,7 @@ export async function runStepLayer(req: RunRequest, deps: RunDeps): Promise<Laye
       onOutput: (chunk: Buffer) => output.write(chunk),
       signal: req.signal,
     }).finally(() => output.close());
+    output.throwIfBroken();
     if (result.aborted) throw new CommandStoppedError('stopped');
     if (result.exitCode !== 0 || result.signal) {
       throw new CommandFailedError(result.exitCode, result.signal, output.tail(), req.logFile);
@@ -80,28 +82,40 @@ export async function runStepLayer(req: RunRequest, deps: RunDeps): Promise<Laye
     if (!packed) return null;
     const blob = await deps.store.ingest(packed.stream);
     const layer = { digest: blob.digest, size: blob.size, diffId: await packed.diffId };
-    await deps.snapshotter.keep(upper, layer);
+    await deps.snapshotter.keep(upper, layer, deps.sourceDateEpoch);
     return layer;
+  } catch (err) {
+    failed = true;
+    throw err;
   } finally {
-    await root.release();
+    // A release that fails after the step did must not hide why the step failed.
+    await root.release().catch((err: unknown) => {
+      if (!failed) throw err;
+    });
   }
 }
 
-/** The command's output: to a log file whole, to the caller line by line, and its last lines kept. */
+/**
+ * The command's output: to a log file whole, to the caller line by line, and
+ * its last lines kept. A log that cannot be written (disk full) fails the
+ * step once the command is done, rather than the process at once.
+ */
 class OutputLog {
   private readonly file;
   private partial = '';
   private readonly last: string[] = [];
+  private broken: Error | undefined;
 
   constructor(
-    logFile: string,
+    private readonly logFile: string,
     private readonly onLine: (line: string) => void,
   ) {
     this.file = createWriteStream(logFile);
+    this.file.on('error', (err) => (this.broken ??= err));
   }
 
   write(chunk: Buffer): void {
-    this.file.write(chunk);
+    if (!this.broken) this.file.write(chunk);
     const lines = (this.partial + chunk.toString('utf8')).split('\n');
     this.partial = lines.pop() ?? '';
     for (const line of lines) this.line(line);
@@ -110,7 +124,12 @@ class OutputLog {
   async close(): Promise<void> {
     if (this.partial) this.line(this.partial);
     this.partial = '';
+    if (this.broken || this.file.destroyed) return;
     await new Promise<void>((resolve) => this.file.end(resolve));
+  }
+
+  throwIfBroken(): void {
+    if (this.broken) throw new Error(`cannot write the command's output to ${this.logFile}: ${this.broken.message}`, { cause: this.broken });
   }
 
   tail(): string[] {

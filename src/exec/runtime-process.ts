@@ -25,6 +25,8 @@ export async function startMerged(argv: string[], onOutput: (chunk: Buffer) => v
     child.once('error', reject);
     child.once('close', (code, signal) => resolve({ code, signal }));
   });
+  // A child that cannot be spawned rejects both; the caller hears of it below.
+  exited.catch(() => undefined);
   await new Promise<void>((resolve, reject) => {
     child.once('spawn', resolve);
     child.once('error', reject);

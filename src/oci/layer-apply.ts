@@ -14,7 +14,7 @@ import { promisify } from 'node:util';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
 import { PathEscapeError } from '../errors.js';
-import { setXattrs } from '../snapshot/xattrs.js';
+import { isOverlayXattr, setXattrs } from '../snapshot/xattrs.js';
 import { isMissing } from '../util/fs-read.js';
 import { cleanRelative, secureJoin } from '../util/secure-join.js';
 import { PaxXattrTap } from './pax-xattrs.js';
@@ -248,7 +248,9 @@ class Applier {
     }
     this.markWritten(hostRel);
     // Linux refuses user.* attributes on symlinks (EPERM), as GNU tar finds: leave them out.
-    const attrs = [...(xattrs ?? [])].filter(([name]) => type !== 'symlink' || !name.startsWith('user.'));
+    // overlayfs's own markers are ours to write (from whiteouts), never a
+    // layer's: a foreign layer could otherwise hide or redirect lower content.
+    const attrs = [...(xattrs ?? [])].filter(([name]) => (type !== 'symlink' || !name.startsWith('user.')) && !isOverlayXattr(name));
     if (attrs.length > 0) {
       // A hard link shares its target's inode, so its attributes land there too.
       const prior = type === 'directory' ? this.xattrs.get(hostRel) : undefined;

@@ -3,7 +3,7 @@
  * (Node has no mount(2)), and finding mounts a killed run left behind.
  */
 import { execFile, execFileSync } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { LayergraphError } from '../errors.js';
@@ -19,27 +19,32 @@ export interface OverlayDirs {
   target: string;
 }
 
+/** Forced-exit cleanups of the mounts this process holds, by target. */
+const held = new Map<string, () => void>();
+
 /**
  * Mount `dirs.target`. Options keep the upper a plain changeset any reader
  * understands: no metacopy (an upper file without its data), no redirects (a
  * renamed lower directory recorded as an xattr), no inode index.
  */
-/** Forced-exit cleanups of the mounts this process holds, by target. */
-const held = new Map<string, () => void>();
-
 export async function mountOverlay(dirs: OverlayDirs): Promise<void> {
-  // The option string is limited to a page: lowers that share a parent are
-  // named relative to it, the mount helper running there.
-  const parents = new Set(dirs.lowers.map((l) => path.dirname(l)));
-  const cwd = parents.size === 1 ? [...parents][0]! : undefined;
-  const lowers = dirs.lowers.map((l) => (cwd ? path.basename(l) : l)).join(':');
+  // The option string is limited to a page, and a cache path per lower fills
+  // it at about 60 layers: name each lower by a short symlink (as Docker's
+  // overlay2 does), relative to where the mount helper runs.
+  const links = await mkdtemp(path.join(path.dirname(path.resolve(dirs.target)), 'lowers-'));
+  await Promise.all(dirs.lowers.map((l, i) => symlink(path.resolve(l), path.join(links, i.toString(36)))));
+  const lowers = dirs.lowers.map((_, i) => i.toString(36)).join(':');
   const options = `lowerdir=${lowers},upperdir=${dirs.upper},workdir=${dirs.work},index=off,redirect_dir=off,metacopy=off`;
   try {
-    await run('mount', ['-t', 'overlay', 'overlay', '-o', options, dirs.target], { cwd });
+    await run('mount', ['-t', 'overlay', 'overlay', '-o', options, dirs.target], { cwd: links });
     held.set(path.resolve(dirs.target), onForcedExit(() => execFileSync('umount', ['-l', dirs.target], { stdio: 'ignore' })));
   } catch (err) {
     const e = err as { stderr?: string; message: string };
-    throw new LayergraphError('STEP_FAILED', `cannot mount overlayfs on ${dirs.target}: ${(e.stderr || e.message).trim()}`, { cause: err });
+    const many = dirs.lowers.length > 100 ? ` (with ${dirs.lowers.length} layers below; overlayfs takes at most 500)` : '';
+    throw new LayergraphError('STEP_FAILED', `cannot mount overlayfs on ${dirs.target}${many}: ${(e.stderr || e.message).trim()}`, { cause: err });
+  } finally {
+    // The kernel resolved them at mount time.
+    await rm(links, { recursive: true, force: true });
   }
 }
 

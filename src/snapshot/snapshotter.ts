@@ -14,7 +14,8 @@
  * Both put empty mount points (/proc, /dev, …) under the image, so a runtime
  * mounting over them never creates anything the layer would keep.
  */
-import { lstat, mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { chmod, chown, lstat, mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { ContentStore } from '../cache/content-store.js';
@@ -24,6 +25,7 @@ import { MOUNT_POINTS, makeMountStubs } from '../exec/run-in-root.js';
 import { LayerSnapshots } from './layer-snapshots.js';
 import { canMountOverlay, mountOverlay, unmount } from './overlay-mount.js';
 import { diffTree, indexTree, materializeRoot } from './tree-diff.js';
+import { settleUpper } from './upper-pack.js';
 
 export type SnapshotterName = 'overlay' | 'copy';
 
@@ -39,8 +41,8 @@ export interface Snapshotter {
   readonly name: SnapshotterName;
   /** A root with `lowers` (bottom first) applied, in `dir` (which must not exist yet). */
   prepare(lowers: LayerRef[], dir: string): Promise<PreparedRoot>;
-  /** Keep a committed upper as the snapshot of the layer it was packed into. */
-  keep(upper: string, layer: LayerRef): Promise<void>;
+  /** Keep a committed upper as the snapshot of the layer it was packed into (with that layer's `mtime`). */
+  keep(upper: string, layer: LayerRef, mtime: number): Promise<void>;
 }
 
 export interface SnapshotterDeps {
@@ -100,8 +102,9 @@ class OverlaySnapshotter implements Snapshotter {
     };
   }
 
-  keep(upper: string, layer: LayerRef): Promise<void> {
-    return this.layers.adopt(upper, layer).then(() => undefined);
+  async keep(upper: string, layer: LayerRef, mtime: number): Promise<void> {
+    await settleUpper(upper, mtime);
+    await this.layers.adopt(upper, layer);
   }
 
   /** One lower of empty mount points, shared by every mount (it never changes). */
@@ -153,9 +156,11 @@ class CopySnapshotter implements Snapshotter {
     }
   }
 
-  async keep(upper: string, layer: LayerRef): Promise<void> {
+  async keep(upper: string, layer: LayerRef, mtime: number): Promise<void> {
     // Only useful to a later overlay mount, and only where one can mount.
-    if (process.getuid?.() === 0) await this.layers.adopt(upper, layer);
+    if (process.getuid?.() !== 0) return;
+    await settleUpper(upper, mtime);
+    await this.layers.adopt(upper, layer);
   }
 }
 
@@ -164,10 +169,23 @@ async function addMissingStubs(root: string): Promise<void> {
   for (const point of MOUNT_POINTS) {
     const abs = path.join(root, point.path);
     if (await exists(abs)) continue;
-    await mkdir(path.dirname(abs), { recursive: true });
-    if (point.type === 'dir') await mkdir(abs, { mode: 0o755 });
-    else await writeFile(abs, '', { mode: 0o644 });
+    // The same modes and owner as the overlay snapshotter's stubs, whatever the umask.
+    for (const dir of missingParents(root, abs)) await mkdir(dir).then(() => settle(dir, 0o755));
+    if (point.type === 'dir') await mkdir(abs).then(() => settle(abs, 0o755));
+    else await writeFile(abs, '').then(() => settle(abs, 0o644));
   }
+}
+
+/** Directories between `root` and `abs`, outermost first (missing ones are created in this order). */
+function missingParents(root: string, abs: string): string[] {
+  const out: string[] = [];
+  for (let d = path.dirname(abs); d.startsWith(`${root}/`); d = path.dirname(d)) out.unshift(d);
+  return out.filter((d) => !existsSync(d));
+}
+
+async function settle(p: string, mode: number): Promise<void> {
+  await chmod(p, mode);
+  await chown(p, 0, 0);
 }
 
 async function exists(p: string): Promise<boolean> {

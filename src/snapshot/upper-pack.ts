@@ -6,6 +6,7 @@
  * `.wh..wh..opq`; other extended attributes (file capabilities, ACLs) are
  * kept as PAX records.
  */
+import { lutimes, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { isEmptyTree, packLayer } from '../oci/layer-pack.js';
 import { readXattrs } from './xattrs.js';
@@ -40,4 +41,29 @@ export async function packUpper(upper: string, opts: PackUpperOptions): Promise<
 function isOpaque(attrs: ReadonlyMap<string, Buffer> | undefined): boolean {
   const y = (name: string) => attrs?.get(name)?.toString('latin1') === 'y';
   return y('trusted.overlay.opaque') || y('user.overlay.opaque');
+}
+
+/**
+ * Make a packed upper look as its layer does when unpacked — every time the
+ * layer's mtime, no sockets (which layers cannot hold) — so the steps above
+ * see the same files whether their lower was kept from this upper or
+ * unpacked from the blob on another machine.
+ */
+export async function settleUpper(upper: string, mtime: number): Promise<void> {
+  const when = new Date(mtime * 1000);
+  const dirs: string[] = [];
+  const walk = async (dir: string): Promise<void> => {
+    for (const entry of await readdir(dir, { withFileTypes: true })) {
+      const abs = path.join(dir, entry.name);
+      if (entry.isSocket()) await rm(abs);
+      else if (entry.isDirectory()) {
+        await walk(abs);
+        dirs.push(abs);
+      } else await lutimes(abs, when, when);
+    }
+  };
+  await walk(upper);
+  // Directories last, deepest first: changing what is in one sets its mtime.
+  for (const dir of dirs) await lutimes(dir, when, when);
+  await lutimes(upper, when, when);
 }
