@@ -165,6 +165,13 @@ describe('layergraph run', () => {
     expect(failed.status).toBe(1);
     expect(failed.stdout).toMatch(/app\/conf\s+FAILED/);
     expect(failed.stderr).toMatch(/app\/conf: .*EACCES/);
+
+    // A run step, though, needs root: said plainly, after the copies are built.
+    await chmod(path.join(dir, 'app.conf'), 0o644);
+    await writeFile(path.join(dir, 'build.yaml'), `${BUILD}      - {id: sh, run: "true"}\n`);
+    const runStep = spawnSync('setpriv', run([]), dir);
+    expect(runStep.status).toBe(1);
+    expect(runStep.stderr).toMatch(/run steps need root: they mount overlayfs/);
   });
 });
 

@@ -362,6 +362,12 @@ class BuildRun {
   /** The snapshotter and runtime, chosen when the first `run` step misses (a copy-only build needs neither). */
   private openExecution(): Promise<{ snapshotter: Snapshotter; runtime: RuntimeName }> {
     this.execution ??= (async () => {
+      if (process.getuid?.() !== 0) {
+        throw new UsageError(
+          'run steps need root: they mount overlayfs and run their commands in containers (rootless run steps are not supported yet). ' +
+            'Run layergraph as root, or build only images made of copy steps (--target).',
+        );
+      }
       const snapshotter = await openSnapshotter(this.opts.snapshotter ?? 'auto', {
         cacheDir: this.opts.cacheDir,
         store: this.store,
