@@ -15,6 +15,7 @@ import {
   type ImageState,
 } from '../oci/image-config.js';
 import { writeLayout, type LayoutImage } from '../oci/layout.js';
+import { writeArchive, type ArchiveKind } from '../oci/archive.js';
 import type { BaseImage } from '../oci/base-image.js';
 import { describeCopy } from './copy-inputs.js';
 import { describeRun } from './run-inputs.js';
@@ -38,6 +39,8 @@ export interface AssembleInput {
   /** The imported base of an image built `from: oci:…` and friends. */
   externalBase: (image: ImageSpec) => Promise<BaseImage>;
   outDir: string | undefined;
+  /** Single-file outputs, instead of or besides the layout. */
+  archives: Array<{ kind: ArchiveKind; file: string }>;
   sourceDateEpoch: number;
 }
 
@@ -104,6 +107,7 @@ export async function assembleImages(input: AssembleInput): Promise<BuiltImage[]
     });
   }
   if (input.outDir) await writeLayout(input.outDir, input.store, layout);
+  for (const a of input.archives) await writeArchive(a.kind, a.file, input.store, layout, input.sourceDateEpoch);
   return built;
 }
 

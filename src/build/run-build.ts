@@ -30,6 +30,7 @@ import { CopyDestinationError, mergeDirs, planCopy, type CopyPlan, type DirMeta 
 import { destinationIssue, validateSources } from './validate-sources.js';
 import { buildGraph, imagesFor, nodeId } from '../graph/build-graph.js';
 import { packLayer } from '../oci/layer-pack.js';
+import type { ArchiveKind } from '../oci/archive.js';
 import { hashValue } from '../util/xxhash.js';
 import { assembleImages, type BuiltImage } from './assemble.js';
 import { copyInputs, copyMaterial, copySelections } from './copy-inputs.js';
@@ -48,6 +49,8 @@ export interface BuildOptions {
   cacheDir: string;
   /** Where to write the OCI image layout; undefined builds without writing one. */
   outDir: string | undefined;
+  /** `oci-archive:` and `docker-archive:` files to write the images to. */
+  archives?: Array<{ kind: ArchiveKind; file: string }>;
   /** Images to build and write (with what they need); empty means all. */
   targets: string[];
   jobs: number;
@@ -150,7 +153,8 @@ class BuildRun {
 
   async execute(): Promise<BuildResult> {
     await sweepStale(this.opts.cacheDir);
-    this.filter = await loadContextFilter(this.spec.context, [this.opts.cacheDir, ...(this.opts.outDir ? [this.opts.outDir] : [])]);
+    const own = [this.opts.cacheDir, ...(this.opts.outDir ? [this.opts.outDir] : []), ...(this.opts.archives ?? []).map((a) => a.file)];
+    this.filter = await loadContextFilter(this.spec.context, own);
     // Every source problem at once, before any work.
     await validateSources(this.spec, this.images, this.filter);
     await mkdir(this.tmpRoot, { recursive: true });
@@ -195,6 +199,7 @@ class BuildRun {
       layerOf: (image, step) => this.task(image, step).layer,
       externalBase: async (image) => (await this.external(image)).image,
       outDir: this.opts.outDir,
+      archives: this.opts.archives ?? [],
       sourceDateEpoch: this.opts.sourceDateEpoch,
     });
     return { images, steps, durationMs: this.now(), execution, merges };

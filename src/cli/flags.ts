@@ -19,7 +19,13 @@ export const COMMANDS = {
     summary: 'build the images of a build file into an OCI image layout',
     flags: {
       target: { type: 'string', multiple: true, short: 't', value: 'image', help: 'build only this image (and what it needs); repeatable' },
-      out: { type: 'string', short: 'o', value: 'dir', help: 'OCI image layout to write (default: ./out)' },
+      out: { type: 'string', short: 'o', value: 'dir', help: 'OCI image layout to write (default: ./out); the same as --output oci:<dir>' },
+      output: {
+        type: 'string',
+        multiple: true,
+        value: 'kind:path',
+        help: 'where the images go: oci:<dir> (default oci:out), oci-archive:<file>, docker-archive:<file> (for docker load); repeatable',
+      },
       'cache-dir': { type: 'string', value: 'dir', help: 'cache directory (default: $XDG_CACHE_HOME/layergraph or ~/.cache/layergraph)' },
       jobs: { type: 'string', short: 'j', value: 'n', help: 'steps to run at once (default: number of CPUs)' },
       report: { type: 'string', multiple: true, value: 'file', help: 'write a report: .json or .md by extension; repeatable' },

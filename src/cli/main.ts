@@ -19,6 +19,7 @@ import { helpText, parseCli, type ParsedArgs } from './flags.js';
 import { createProgress, type ProgressMode } from './progress.js';
 import { withExcerpts } from './excerpts.js';
 import { runForcedExitCleanups } from '../util/forced-exit.js';
+import type { ArchiveKind } from '../oci/archive.js';
 
 export const EXIT = { ok: 0, buildFailed: 1, invalid: 2, interrupted: 130, bug: 70 } as const;
 
@@ -92,13 +93,16 @@ async function runCommand(file: string, values: Record<string, unknown>, io: Cli
   }
   const epoch = sourceDateEpoch(io.env);
   const cacheDir = await userDir('--cache-dir', (values['cache-dir'] as string | undefined) ?? defaultCacheDir(io.env), io);
-  const outDir = await userDir('--out', (values.out as string | undefined) ?? 'out', io);
+  const outputs = parseOutputs((values.output as string[] | undefined) ?? [], values.out as string | undefined);
+  const outDir = outputs.ociDir === undefined ? undefined : await userDir('--out', outputs.ociDir, io);
+  const archives = outputs.archives.map((a) => ({ kind: a.kind, file: path.resolve(io.cwd, a.file) }));
   const progress = createProgress(progressMode as ProgressMode, io.stderr, io.env);
   let result: BuildResult;
   try {
     result = await runBuild(spec, {
       cacheDir,
       outDir,
+      archives,
       targets,
       jobs,
       sourceDateEpoch: epoch,
@@ -193,6 +197,23 @@ async function reportError(err: unknown, io: CliIo): Promise<number> {
       'This is a bug in layergraph. Please report it with the command you ran and the output above.\n',
   );
   return EXIT.bug;
+}
+
+/**
+ * `--output oci:<dir>`, `oci-archive:<file>`, `docker-archive:<file>`
+ * (repeatable), and `--out <dir>` for the first. Without either: `oci:out`.
+ */
+function parseOutputs(outputs: string[], out: string | undefined): { ociDir: string | undefined; archives: Array<{ kind: ArchiveKind; file: string }> } {
+  const ociDirs = out === undefined ? [] : [out];
+  const archives: Array<{ kind: ArchiveKind; file: string }> = [];
+  for (const o of outputs) {
+    const m = /^(oci|oci-archive|docker-archive):(.+)$/.exec(o);
+    if (!m) throw new UsageError(`--output ${o}: expected oci:<dir>, oci-archive:<file> or docker-archive:<file>`);
+    if (m[1] === 'oci') ociDirs.push(m[2]!);
+    else archives.push({ kind: m[1] as ArchiveKind, file: m[2]! });
+  }
+  if (ociDirs.length > 1) throw new UsageError(`--out/--output oci: given ${ociDirs.length} times; one OCI layout per run`);
+  return { ociDir: ociDirs[0] ?? (archives.length ? undefined : 'out'), archives };
 }
 
 function oneOf<T extends string>(flag: string, value: unknown, allowed: readonly T[]): T {

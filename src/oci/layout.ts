@@ -26,7 +26,14 @@ export async function writeLayout(outDir: string, store: ContentStore, images: L
   await mkdir(path.join(outDir, 'blobs', 'sha256'), { recursive: true });
   const blobs = new Map(images.flatMap((img) => img.blobs.map((b) => [b.digest, b.size] as const)));
   await Promise.all([...blobs].map(([digest, size]) => copyBlob(store, digest, size, outDir)));
-  await writeFileAtomic(path.join(outDir, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
+  await writeFileAtomic(path.join(outDir, 'oci-layout'), OCI_LAYOUT);
+  await writeFileAtomic(path.join(outDir, 'index.json'), indexJson(images));
+}
+
+export const OCI_LAYOUT = JSON.stringify({ imageLayoutVersion: '1.0.0' });
+
+/** The layout's `index.json`: one entry per image named after it, and one more per tag. */
+export function indexJson(images: LayoutImage[]): string {
   const manifests = images.flatMap((img) =>
     [img.name, ...img.tags].map((ref) => ({
       mediaType: MEDIA_TYPE_MANIFEST,
@@ -36,8 +43,7 @@ export async function writeLayout(outDir: string, store: ContentStore, images: L
       annotations: { [ANNOTATION_REF_NAME]: ref },
     })),
   );
-  const index = { schemaVersion: 2, mediaType: MEDIA_TYPE_INDEX, manifests };
-  await writeFileAtomic(path.join(outDir, 'index.json'), JSON.stringify(index, null, 2) + '\n');
+  return JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPE_INDEX, manifests }, null, 2) + '\n';
 }
 
 /**
