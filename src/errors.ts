@@ -18,7 +18,11 @@ export type ErrorCode =
   | 'IMAGE_INVALID'
   | 'MERGE_CONFLICT'
   | 'RUNTIME_FAILED'
-  | 'USAGE';
+  | 'USAGE'
+  | 'REGISTRY_DENIED'
+  | 'REGISTRY_NOT_FOUND'
+  | 'REGISTRY_FAILED'
+  | 'BLOB_DIGEST_MISMATCH';
 
 export class LayergraphError extends Error {
   constructor(
@@ -128,4 +132,35 @@ export class RuntimeError extends LayergraphError {
   ) {
     super('RUNTIME_FAILED', `${runtime}: ${detail}`, options);
   }
+}
+
+/** What a registry error is about: the registry host always, the repository and blob or manifest when known. */
+export interface RegistryErrorSubject {
+  registry: string;
+  repository?: string;
+  /** `blob sha256:…` or `manifest <tag or digest>`. */
+  object?: string;
+}
+
+/**
+ * A registry refused, lacked, or failed to serve something. `REGISTRY_DENIED`
+ * (credentials), `REGISTRY_NOT_FOUND` (no such repository, tag or blob),
+ * `REGISTRY_FAILED` (unreachable, or still failing after retries, or an answer
+ * we cannot use), `BLOB_DIGEST_MISMATCH` (bytes that are not what their digest
+ * promises: never retried).
+ */
+export class RegistryError extends LayergraphError {
+  constructor(
+    code: 'REGISTRY_DENIED' | 'REGISTRY_NOT_FOUND' | 'REGISTRY_FAILED' | 'BLOB_DIGEST_MISMATCH',
+    readonly subject: RegistryErrorSubject,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(code, `${describeSubject(subject)}: ${message}`, options);
+  }
+}
+
+function describeSubject(s: RegistryErrorSubject): string {
+  const repo = s.repository ? `/${s.repository}` : '';
+  return s.object ? `${s.registry}${repo}: ${s.object}` : `${s.registry}${repo}`;
 }
