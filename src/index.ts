@@ -8,6 +8,9 @@ export { runBuild, type BuildOptions, type BuildResult } from './build/run-build
 export type { BuildEvent, StepResult, StepStatus } from './build/events.js';
 export type { BuiltImage } from './build/assemble.js';
 export { jsonReport, markdownReport, textReport, summarize, type BuildSummary } from './report/summary.js';
+export { junitReport } from './report/junit.js';
+export { planBuild, type BuildPlan, type PlannedStep, type PlanOptions, type PlanStatus } from './build/plan-build.js';
+export { planReport, type PlanFormat } from './report/plan-report.js';
 export {
   LayergraphError,
   ConfigError,

@@ -126,7 +126,7 @@ describe('layergraph run', () => {
     expect(res.exitCode, res.stderr).toBe(0);
     const md = await readFile(summary, 'utf8');
     expect(md.startsWith('# earlier step\n')).toBe(true);
-    expect(md).toMatch(/\| app \| src \| .*MISS \| no earlier build \|/);
+    expect(md).toMatch(/\n#### app: 0\/2 cached\n[\s\S]*\| src \| .*MISS \| no earlier build \|/);
     expect(await readFile(path.join(dir, 'r.md'), 'utf8')).toBe(md.slice('# earlier step\n'.length));
   });
 

@@ -18,6 +18,8 @@ export interface StepResult {
   savedMs: number;
   /** For a run step that ran: where its whole output is kept. */
   logFile?: string;
+  /** For a hit: where the cache entry came from (set once caches can be imported; absent means local). */
+  cacheSource?: 'local' | 'dir' | 'registry';
 }
 
 export type BuildEvent =

@@ -18,20 +18,19 @@ import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { ContentStore } from '../cache/content-store.js';
 import { explainMiss } from '../cache/explain.js';
-import { belowKey, chainKey, stepKey, type KeyMaterial } from '../cache/step-key.js';
+import { chainKey, stepKey, type KeyMaterial } from '../cache/step-key.js';
 import { StepRecords, type LayerRef } from '../cache/step-records.js';
 import type { BuildSpec, CopyStep, ImageSpec, RunStep, StepSpec } from '../config/types.js';
 import { loadContextFilter, NO_FILTER, type ContextFilter } from '../context/context-filter.js';
 import { ContentHasher } from '../context/file-hasher.js';
 import { ConfigError, LayergraphError, StepError, UsageError } from '../errors.js';
-import { importBase, layerDirs, type BaseImage } from '../oci/base-image.js';
-import { hostPlatform, inheritConfig, type RuntimeConfig } from '../oci/image-config.js';
+import { layerDirs, type BaseImage } from '../oci/base-image.js';
+import type { RuntimeConfig } from '../oci/image-config.js';
 import { CopyDestinationError, mergeDirs, planCopy, type CopyPlan, type DirMeta } from '../exec/copy-step.js';
 import { destinationIssue, validateSources } from './validate-sources.js';
 import { buildGraph, imagesFor, nodeId } from '../graph/build-graph.js';
 import { packLayer } from '../oci/layer-pack.js';
 import type { ArchiveKind } from '../oci/archive.js';
-import { hashValue } from '../util/xxhash.js';
 import { assembleImages, type BuiltImage } from './assemble.js';
 import { copyInputs, copyMaterial, copySelections } from './copy-inputs.js';
 import type { BuildEvent, StepResult } from './events.js';
@@ -41,6 +40,7 @@ import { ownerTag } from '../util/owner-tag.js';
 import { removeTree, sweepStale } from './sweep.js';
 import { checkMerge, type MergeChoice } from './merge-check.js';
 import { runMaterial, runSettings } from './run-inputs.js';
+import { BaseConfigs, externalChain, imageChainKey, needsChain, needsInLayerOrder, openExternalBase, SCRATCH_CHAIN } from './step-keys.js';
 import { CommandFailedError, CommandStoppedError, runStepLayer } from '../exec/run-step.js';
 import { pickRuntime, type RuntimeName } from '../exec/run-in-root.js';
 import { openSnapshotter, type Snapshotter, type SnapshotterName } from '../snapshot/snapshotter.js';
@@ -77,6 +77,8 @@ export interface BuildResult {
   execution?: { snapshotter: SnapshotterName; runtime: RuntimeName };
   /** Paths that steps with no order between them both changed, and which step won (`merge: declared-order`). */
   merges: Array<MergeChoice & { image: string }>;
+  /** Bytes moved to and from registries (set once images and caches are pulled and pushed). */
+  transfer?: { pulledBytes: number; pushedBytes: number };
 }
 
 /** What a step publishes once it is keyed: enough for the steps above it to be keyed too. */
@@ -126,7 +128,7 @@ class BuildRun {
   private readonly results = new Map<string, StepResult>();
   private readonly tasks = new Map<string, StepTask>();
   private readonly imageKeys = new Map<string, Promise<{ key: string; dirs: Promise<DirMeta> }>>();
-  private readonly configs = new Map<string, Promise<RuntimeConfig>>();
+  private readonly configs: BaseConfigs;
   /** Stops running commands: aborted on the first failure and on the caller's signal. */
   private readonly stop = new AbortController();
   private execution: Promise<{ snapshotter: Snapshotter; runtime: RuntimeName }> | undefined;
@@ -144,6 +146,10 @@ class BuildRun {
     this.images = imagesFor(spec, opts.targets);
     this.store = new ContentStore(opts.cacheDir);
     this.records = new StepRecords(opts.cacheDir);
+    this.configs = new BaseConfigs(
+      (name) => this.images.find((i) => i.name === name)!,
+      (image) => this.external(image).then((b) => b.image.config),
+    );
     this.snapshots = new SnapshotCache(opts.cacheDir, this.store, () => this.tmpRoot);
     this.jobs = new Semaphore(Math.max(1, opts.jobs));
     this.tmpRoot = path.join(opts.cacheDir, 'tmp', `${ownerTag()}-${randomBytes(4).toString('hex')}`);
@@ -349,19 +355,7 @@ class BuildRun {
 
   /** The config an image's steps run under: what its base leaves (the image's own settings come on top, per step). */
   private baseConfig(image: ImageSpec): Promise<RuntimeConfig> {
-    if (image.from.kind === 'scratch') return Promise.resolve({});
-    if (image.from.kind === 'base') return this.external(image).then((b) => b.image.config);
-    return this.imageConfig(image.from.image);
-  }
-
-  private imageConfig(name: string): Promise<RuntimeConfig> {
-    let p = this.configs.get(name);
-    if (!p) {
-      const image = this.images.find((i) => i.name === name)!;
-      p = this.baseConfig(image).then((base) => inheritConfig(base, image));
-      this.configs.set(name, p);
-    }
-    return p;
+    return this.configs.below(image);
   }
 
   /** The snapshotter and runtime, chosen when the first `run` step misses (a copy-only build needs neither). */
@@ -463,19 +457,18 @@ class BuildRun {
   /** What a step sits on: its needs (in layer order), or its image's base. */
   private async belowOf(image: ImageSpec, step: StepSpec): Promise<Below> {
     if (step.needs.length === 0) return this.baseOf(image);
-    const order = this.layerOrder.get(image.name)!.map((s) => s.id);
-    const needs = [...step.needs].sort((a, b) => order.indexOf(a) - order.indexOf(b));
+    const needs = needsInLayerOrder(step, this.layerOrder.get(image.name)!);
     const keyed = await Promise.all(needs.map((n) => this.task(image.name, n).keyed));
     const dirs = Promise.all(keyed.map((k) => k.dirs)).then((all) => mergeDirs(...all));
     dirs.catch(() => undefined);
-    return { chain: await belowKey(keyed.map((k) => k.chain)), dirs };
+    return { chain: await needsChain(keyed.map((k) => k.chain)), dirs };
   }
 
   private async baseOf(image: ImageSpec): Promise<Below> {
-    if (image.from.kind === 'scratch') return { chain: 'scratch', dirs: Promise.resolve(new Map()) };
+    if (image.from.kind === 'scratch') return { chain: SCRATCH_CHAIN, dirs: Promise.resolve(new Map()) };
     if (image.from.kind === 'base') {
       const base = await this.external(image);
-      return { chain: `base:${base.image.manifestDigest}`, dirs: Promise.resolve(base.dirs) };
+      return { chain: externalChain(base.image), dirs: Promise.resolve(base.dirs) };
     }
     const base = await this.imageKeyed(image.from.image);
     return { chain: base.key, dirs: base.dirs };
@@ -488,16 +481,8 @@ class BuildRun {
     let p = this.externals.get(from.text);
     if (!p) {
       p = (async () => {
-        try {
-          const base = await importBase(from.ref, this.store, image.platform ?? hostPlatform());
-          return { image: base, dirs: await layerDirs(base.layers, this.store) };
-        } catch (err) {
-          // A base that is missing or not an image is a problem of the build file: point at its `from`.
-          if (err instanceof UsageError || (err as NodeJS.ErrnoException).code === 'ENOENT') {
-            throw new ConfigError([{ pos: from.pos, path: `images.${image.name}.from`, message: `\`from: ${from.text}\`: ${(err as Error).message}` }]);
-          }
-          throw err;
-        }
+        const base = await openExternalBase(image, this.store);
+        return { image: base, dirs: await layerDirs(base.layers, this.store) };
       })();
       p.catch(() => undefined);
       this.externals.set(from.text, p);
@@ -513,7 +498,7 @@ class BuildRun {
       p = (async () => {
         const base = await this.baseOf(image);
         const steps = await Promise.all(this.layerOrder.get(name)!.map((s) => this.task(name, s.id).keyed));
-        const key = await hashValue(['image', base.chain, ...steps.map((s) => s.chain)]);
+        const key = await imageChainKey(base.chain, steps.map((s) => s.chain));
         const dirs = Promise.all([base.dirs, ...steps.map((s) => s.ownDirs)]).then((all) => mergeDirs(...all));
         dirs.catch(() => undefined);
         return { key, dirs };

@@ -28,10 +28,22 @@ export const COMMANDS = {
       },
       'cache-dir': { type: 'string', value: 'dir', help: 'cache directory (default: $XDG_CACHE_HOME/layergraph or ~/.cache/layergraph)' },
       jobs: { type: 'string', short: 'j', value: 'n', help: 'steps to run at once (default: number of CPUs)' },
-      report: { type: 'string', multiple: true, value: 'file', help: 'write a report: .json or .md by extension; repeatable' },
+      report: { type: 'string', multiple: true, value: 'file', help: 'write a report: .json, .md or .xml (JUnit) by extension; repeatable' },
+      'expect-cached': { type: 'boolean', help: 'exit 3 when any step was not cached (for pipelines that expect a no-op build)' },
       progress: { type: 'string', value: 'mode', help: 'auto | tty | plain | quiet (default: auto)' },
       snapshotter: { type: 'string', value: 'name', help: 'how run steps get their root: auto | overlay | copy (default: auto, overlay where it can mount)' },
       runtime: { type: 'string', value: 'name', help: 'what runs run steps: auto | runc | crun | chroot (default: auto, the first installed)' },
+    },
+  },
+  plan: {
+    usage: 'layergraph plan <build.yaml> [flags]',
+    summary: 'show the graph and which steps would hit, from their inputs alone: nothing is built or written',
+    flags: {
+      format: { type: 'string', short: 'f', value: 'fmt', help: 'text | json | dot | mermaid (default: text)' },
+      target: { type: 'string', multiple: true, short: 't', value: 'image', help: 'plan only this image (and what it needs); repeatable' },
+      out: { type: 'string', short: 'o', value: 'dir', help: 'the --out of the build to plan, left out of the context as the build does (default: ./out)' },
+      output: { type: 'string', multiple: true, value: 'kind:path', help: 'the --output of the build to plan, left out of the context likewise; repeatable' },
+      'cache-dir': { type: 'string', value: 'dir', help: 'cache directory to check (default: $XDG_CACHE_HOME/layergraph or ~/.cache/layergraph)' },
     },
   },
   validate: {
@@ -109,7 +121,7 @@ export function helpText(topic?: CommandName): string {
       '',
       'Flags: --help (per command: layergraph run --help), --version',
       '',
-      'Exit codes: 0 ok, 1 build failed, 2 invalid build file or arguments, 130 interrupted',
+      'Exit codes: 0 ok, 1 build failed, 2 invalid build file or arguments, 3 steps not cached (--expect-cached), 130 interrupted',
       '',
     ].join('\n');
   }

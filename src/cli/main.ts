@@ -15,13 +15,18 @@ import { loadContextFilter } from '../context/context-filter.js';
 import type { BuildSpec } from '../config/types.js';
 import { ConfigError, LayergraphError, UsageError, formatIssue } from '../errors.js';
 import { jsonReport, markdownReport, textReport } from '../report/summary.js';
+import { junitReport } from '../report/junit.js';
+import { inGitHubActions, issueAnnotations, stepAnnotation } from '../report/github-annotations.js';
+import { PLAN_FORMATS, planReport } from '../report/plan-report.js';
+import { planBuild } from '../build/plan-build.js';
+import { stepEdges, type StepEdge } from '../graph/step-edges.js';
 import { helpText, parseCli, type ParsedArgs } from './flags.js';
 import { createProgress, type ProgressMode } from './progress.js';
 import { withExcerpts } from './excerpts.js';
 import { runForcedExitCleanups } from '../util/forced-exit.js';
 import type { ArchiveKind } from '../oci/archive.js';
 
-export const EXIT = { ok: 0, buildFailed: 1, invalid: 2, interrupted: 130, bug: 70 } as const;
+export const EXIT = { ok: 0, buildFailed: 1, invalid: 2, notCached: 3, interrupted: 130, bug: 70 } as const;
 
 export interface CliIo {
   stdout: { write(s: string): unknown; isTTY?: boolean };
@@ -63,6 +68,8 @@ async function dispatch(args: ParsedArgs, io: CliIo): Promise<number> {
     }
     case 'run':
       return runCommand(args.file, args.values, io);
+    case 'plan':
+      return planCommand(args.file, args.values, io);
     case 'unpack': {
       const { layout, ref } = parseLayoutRef(args.file);
       const dest = path.resolve(io.cwd, args.args[0]!);
@@ -75,11 +82,7 @@ async function dispatch(args: ParsedArgs, io: CliIo): Promise<number> {
 
 async function runCommand(file: string, values: Record<string, unknown>, io: CliIo): Promise<number> {
   const spec = await load(file, io);
-  const targets = (values.target as string[] | undefined) ?? [];
-  const unknown = targets.filter((t) => !spec.images.some((i) => i.name === t));
-  if (unknown.length) {
-    throw new UsageError(`--target ${unknown.join(', ')}: no such image; images: ${spec.images.map((i) => i.name).join(', ')}`);
-  }
+  const targets = targetsOf(spec, values);
   const progressMode = (values.progress as string | undefined) ?? 'auto';
   if (!['auto', 'tty', 'plain', 'quiet'].includes(progressMode)) {
     throw new UsageError(`--progress ${progressMode}: expected auto, tty, plain or quiet`);
@@ -89,7 +92,7 @@ async function runCommand(file: string, values: Record<string, unknown>, io: Cli
   const runtime = oneOf('--runtime', values.runtime, ['auto', 'runc', 'crun', 'chroot'] as const);
   const reports = (values.report as string[] | undefined) ?? [];
   for (const r of reports) {
-    if (!/\.(json|md|markdown)$/i.test(r)) throw new UsageError(`--report ${r}: the file name must end in .json or .md`);
+    if (!/\.(json|md|markdown|xml)$/i.test(r)) throw new UsageError(`--report ${r}: the file name must end in .json, .md or .xml`);
   }
   const epoch = sourceDateEpoch(io.env);
   const cacheDir = await userDir('--cache-dir', (values['cache-dir'] as string | undefined) ?? defaultCacheDir(io.env), io);
@@ -115,21 +118,63 @@ async function runCommand(file: string, values: Record<string, unknown>, io: Cli
     progress.close();
   }
   if (progressMode !== 'quiet' || result.error) io.stdout.write(textReport(result));
-  await writeReports(result, reports, io);
+  const edges = stepEdges(buildGraph(spec).graph, result.steps.map((r) => `${r.image}/${r.step}`));
+  await writeReports(result, edges, reports, io);
   if (result.error) {
     if (io.signal?.aborted) {
       io.stderr.write('interrupted: the cache is intact; steps that finished are cached\n');
       return EXIT.interrupted;
     }
     if (result.error instanceof ConfigError) return reportError(result.error, io);
+    annotateSteps(spec, result.steps.filter((r) => r.status === 'failed'), io);
     io.stderr.write(`error: ${result.error.message}\n`);
     return EXIT.buildFailed;
+  }
+  if (values['expect-cached']) {
+    const missed = result.steps.filter((r) => r.status !== 'hit');
+    if (missed.length) {
+      const list = missed.map((r) => `  ${r.image}/${r.step}: ${r.reason}`).join('\n');
+      io.stderr.write(`error: --expect-cached: ${missed.length} of ${result.steps.length} steps were not cached:\n${list}\n`);
+      annotateSteps(spec, missed.map((r) => ({ ...r, reason: `not cached (--expect-cached): ${r.reason}` })), io);
+      return EXIT.notCached;
+    }
   }
   return EXIT.ok;
 }
 
+async function planCommand(file: string, values: Record<string, unknown>, io: CliIo): Promise<number> {
+  const spec = await load(file, io);
+  const targets = targetsOf(spec, values);
+  const format = oneOf('--format', values.format, PLAN_FORMATS);
+  // Only read: a plan creates no cache directory, not even an empty one.
+  const cacheDir = path.resolve(io.cwd, (values['cache-dir'] as string | undefined) ?? defaultCacheDir(io.env));
+  const outputs = parseOutputs((values.output as string[] | undefined) ?? [], values.out as string | undefined);
+  const ownDirs = [...(outputs.ociDir === undefined ? [] : [outputs.ociDir]), ...outputs.archives.map((a) => a.file)].map((p) => path.resolve(io.cwd, p));
+  const plan = await planBuild(spec, { cacheDir, ownDirs, targets, sourceDateEpoch: sourceDateEpoch(io.env) });
+  io.stdout.write(planReport(plan, format));
+  return EXIT.ok;
+}
+
+function targetsOf(spec: BuildSpec, values: Record<string, unknown>): string[] {
+  const targets = (values.target as string[] | undefined) ?? [];
+  const unknown = targets.filter((t) => !spec.images.some((i) => i.name === t));
+  if (unknown.length) {
+    throw new UsageError(`--target ${unknown.join(', ')}: no such image; images: ${spec.images.map((i) => i.name).join(', ')}`);
+  }
+  return targets;
+}
+
+/** In GitHub Actions, each of `steps` as an error annotation at the step in the build file. */
+function annotateSteps(spec: BuildSpec, steps: Array<{ image: string; step: string; reason: string }>, io: CliIo): void {
+  if (!inGitHubActions(io.env)) return;
+  for (const r of steps) {
+    const pos = spec.images.find((i) => i.name === r.image)?.steps.find((s) => s.id === r.step)?.pos;
+    io.stdout.write(`${stepAnnotation(r.image, r.step, r.reason, pos, io.cwd)}\n`);
+  }
+}
+
 /** A report that cannot be written is a warning: it must not turn a good build into a failed one. */
-async function writeReports(result: BuildResult, reports: string[], io: CliIo): Promise<void> {
+async function writeReports(result: BuildResult, edges: StepEdge[], reports: string[], io: CliIo): Promise<void> {
   const write = async (what: string, fn: () => Promise<void>): Promise<void> => {
     try {
       await fn();
@@ -141,11 +186,11 @@ async function writeReports(result: BuildResult, reports: string[], io: CliIo): 
     const file = path.resolve(io.cwd, r);
     await write(`report ${r}`, async () => {
       await mkdir(path.dirname(file), { recursive: true });
-      await writeFile(file, /\.json$/i.test(r) ? jsonReport(result) : markdownReport(result));
+      await writeFile(file, /\.json$/i.test(r) ? jsonReport(result) : /\.xml$/i.test(r) ? junitReport(result) : markdownReport(result, edges));
     });
   }
   const summaryFile = io.env.GITHUB_STEP_SUMMARY;
-  if (summaryFile) await write('GITHUB_STEP_SUMMARY', () => appendFile(summaryFile, markdownReport(result)));
+  if (summaryFile) await write('GITHUB_STEP_SUMMARY', () => appendFile(summaryFile, markdownReport(result, edges)));
 }
 
 async function load(file: string, io: CliIo): Promise<BuildSpec> {
@@ -177,6 +222,7 @@ async function reportError(err: unknown, io: CliIo): Promise<number> {
     const issues = await withExcerpts(err.issues);
     io.stderr.write(`${issues.map(formatIssue).join('\n\n')}\n`);
     io.stderr.write(`${issues.length} problem${issues.length === 1 ? '' : 's'} in the build file\n`);
+    if (inGitHubActions(io.env)) io.stdout.write(issueAnnotations(issues, io.cwd).map((l) => `${l}\n`).join(''));
     return EXIT.invalid;
   }
   if (err instanceof UsageError) {

@@ -5,7 +5,9 @@
  */
 import type { BuildResult } from '../build/run-build.js';
 import type { StepResult } from '../build/events.js';
+import type { StepEdge } from '../graph/step-edges.js';
 import { formatBytes, formatMs } from './format.js';
+import { mermaidGraph } from './graph-view.js';
 
 export interface BuildSummary {
   total: number;
@@ -16,6 +18,9 @@ export interface BuildSummary {
   durationMs: number;
   /** What the hit steps took when they were built. */
   savedMs: number;
+  /** Bytes pulled from and pushed to registries, when the build moved any. */
+  pulledBytes?: number;
+  pushedBytes?: number;
 }
 
 export function summarize(result: BuildResult): BuildSummary {
@@ -28,6 +33,7 @@ export function summarize(result: BuildResult): BuildSummary {
     skipped: count('skipped'),
     durationMs: result.durationMs,
     savedMs: result.steps.reduce((t, r) => t + (r.status === 'hit' ? r.savedMs : 0), 0),
+    ...(result.transfer ? { pulledBytes: result.transfer.pulledBytes, pushedBytes: result.transfer.pushedBytes } : {}),
   };
 }
 
@@ -65,6 +71,8 @@ export function summaryLine(s: BuildSummary): string {
   if (s.skipped) parts.push(`${s.skipped} skipped`);
   parts.push(`in ${formatMs(s.durationMs)}`);
   if (s.savedMs) parts.push(`~${formatMs(s.savedMs)} saved by the cache`);
+  if (s.pulledBytes) parts.push(`${formatBytes(s.pulledBytes)} pulled`);
+  if (s.pushedBytes) parts.push(`${formatBytes(s.pushedBytes)} pushed`);
   return parts.join(', ');
 }
 
@@ -84,10 +92,20 @@ export function jsonReport(result: BuildResult): string {
           durationMs: r.durationMs,
           layer: r.layer ? { digest: r.layer.digest, diffId: r.layer.diffId, size: r.layer.size } : null,
           ...(r.logFile ? { log: r.logFile } : {}),
+          ...(r.cacheSource ? { cacheSource: r.cacheSource } : {}),
         })),
         merges: result.merges,
         ...(result.execution ? { execution: result.execution } : {}),
-        summary: { total: s.total, hits: s.hits, misses: s.misses, failed: s.failed, skipped: s.skipped, durationMs: s.durationMs, savedMs: s.savedMs },
+        summary: {
+          total: s.total,
+          hits: s.hits,
+          misses: s.misses,
+          failed: s.failed,
+          skipped: s.skipped,
+          durationMs: s.durationMs,
+          savedMs: s.savedMs,
+          ...(s.pulledBytes !== undefined ? { pulledBytes: s.pulledBytes, pushedBytes: s.pushedBytes } : {}),
+        },
         ...(result.error ? { error: result.error.message } : {}),
       },
       null,
@@ -96,22 +114,46 @@ export function jsonReport(result: BuildResult): string {
   );
 }
 
-export function markdownReport(result: BuildResult): string {
+/**
+ * The Markdown report (also what goes to GITHUB_STEP_SUMMARY): the summary
+ * line, a table per image, and, given the graph's edges, a Mermaid graph of
+ * the steps coloured by outcome.
+ */
+export function markdownReport(result: BuildResult, edges?: StepEdge[]): string {
   const s = summarize(result);
   const icon: Record<StepResult['status'], string> = { hit: '✅ HIT', miss: '🔨 MISS', failed: '❌ FAILED', skipped: '⏭️ SKIPPED' };
-  const lines = [`### layergraph: ${summaryLine(s)}`, ''];
-  lines.push('| Image | Step | Result | Reason | Time | Layer |', '| --- | --- | --- | --- | ---: | ---: |');
-  for (const r of result.steps) {
-    lines.push(
-      `| ${cell(r.image)} | ${cell(r.step)} | ${icon[r.status]} | ${cell(r.reason)} | ${formatMs(r.durationMs)} | ${r.layer ? formatBytes(r.layer.size) : '–'} |`,
-    );
-  }
-  if (result.images.length) {
-    lines.push('', '| Image | Tags | Manifest |', '| --- | --- | --- |');
-    for (const img of result.images) lines.push(`| ${cell(img.name)} | ${cell(img.tags.join(', '))} | \`${img.manifestDigest}\` |`);
+  const lines = [`### layergraph: ${summaryLine(s)}`];
+  const byImage = new Map<string, StepResult[]>();
+  for (const r of result.steps) byImage.set(r.image, [...(byImage.get(r.image) ?? []), r]);
+  for (const [image, steps] of byImage) {
+    const built = result.images.find((i) => i.name === image);
+    const hits = steps.filter((r) => r.status === 'hit').length;
+    lines.push('', `#### ${cell(image)}: ${hits}/${steps.length} cached`);
+    if (built) lines.push('', `\`${built.manifestDigest}\`${built.tags.length ? ` · ${built.tags.map((t) => `\`${t}\``).join(', ')}` : ''}`);
+    lines.push('', '| Step | Result | Reason | Time | Layer |', '| --- | --- | --- | ---: | ---: |');
+    for (const r of steps) {
+      const reason = r.status === 'hit' ? hitReason(r) : r.reason.split('\n')[0]!;
+      lines.push(`| ${cell(r.step)} | ${icon[r.status]} | ${cell(reason)} | ${formatMs(r.durationMs)} | ${r.layer ? formatBytes(r.layer.size) : '–'} |`);
+    }
+    // A failure's whole message (a command's last lines of output) is too long for a cell.
+    for (const r of steps.filter((x) => x.status === 'failed' && x.reason.includes('\n'))) {
+      const fence = '`'.repeat(Math.max(3, ...[...r.reason.matchAll(/`+/g)].map((m) => m[0].length + 1)));
+      lines.push('', `<details><summary>${html(`${r.image}/${r.step}`)} failed</summary>`, '', `${fence}text`, r.reason, fence, '', '</details>');
+    }
   }
   if (result.merges.length) lines.push('', ...result.merges.map((m) => `- ${mergeLine(m)}`));
+  if (edges && result.steps.length) lines.push('', '```mermaid', mermaidGraph(result.steps, edges).trimEnd(), '```');
   return lines.join('\n') + '\n';
+}
+
+/** A hit has no reason to give; say what it saved, and where it came from when not from this machine. */
+function hitReason(r: StepResult): string {
+  const from = r.cacheSource && r.cacheSource !== 'local' ? ` from ${r.cacheSource}` : '';
+  return `cached${from}${r.savedMs ? `, ~${formatMs(r.savedMs)} saved` : ''}`;
+}
+
+function html(text: string): string {
+  return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 }
 
 /** Keep a table cell on one line and its pipes literal. */
