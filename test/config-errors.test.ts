@@ -94,7 +94,7 @@ describe('structure (schema) problems', () => {
     ).toEqual([
       'build.yaml:2:1: unknown key `imgaes` in the build file; did you mean `images`?',
       'build.yaml:5:5: unknown key `environment` in image `api`; did you mean `env`?',
-      'build.yaml:6:5: unknown key `frobnicate` in image `api`; expected one of `from`, `platform`, `env`, `workdir`, `user`, `entrypoint`, `cmd`, `labels`, `expose`, `tags`, `merge`, `steps`',
+      'build.yaml:6:5: unknown key `frobnicate` in image `api`; expected one of `from`, `platform`, `env`, `workdir`, `user`, `entrypoint`, `cmd`, `labels`, `expose`, `tags`, `push`, `merge`, `steps`',
       // one mistake, one issue: no "step is missing `to`" as well
       'build.yaml:10:9: unknown key `tp` in step; did you mean `to`?',
       'build.yaml:12:9: unknown key `add` in step; a step copies (`copy`, `to`) or runs a command (`run`)',
@@ -240,7 +240,7 @@ describe('semantic problems', () => {
       `),
     ).toEqual([
       'build.yaml:4:11: an image cannot be built from itself',
-      'build.yaml:7:11: image `web` is built from `nope`, which is not an image of this file (images: api, web)',
+      'build.yaml:7:11: image `web` is built from `nope`, which is not an image of this file (images: api, web); for a registry image, give its tag, like `nope:latest`',
       'build.yaml:9:23: step `a` copies from `ghost`, which is not an image of this file (images: api, web)',
       'build.yaml:10:23: a step cannot copy from its own image (`web`)',
     ]);
@@ -369,7 +369,7 @@ describe('reporting', () => {
     expect(err).toBeInstanceOf(ConfigError);
     expect((err as ConfigError).code).toBe('CONFIG_INVALID');
     expect((err as ConfigError).issues.map((i) => `${i.pos.line}:${i.pos.col} ${i.message}`)).toEqual([
-      '4:11 image `api` is built from `nope`, which is not an image of this file (images: api)',
+      '4:11 image `api` is built from `nope`, which is not an image of this file (images: api); for a registry image, give its tag, like `nope:latest`',
       '5:14 `images.api.workdir` is "app"; expected an absolute path',
       '9:9 unknown key `tp` in step; did you mean `to`?',
       '10:13 duplicate step id `a` in image `api` (first defined at build.yaml:7:13)',

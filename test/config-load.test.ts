@@ -65,6 +65,7 @@ describe('parseBuildFile: a valid file', () => {
       entrypoint: ['/bin/sh', '-c', 'node server.js'],
       cmd: ['--verbose'],
       labels: { 'org.opencontainers.image.title': 'api' },
+      push: false,
       merge: 'fail',
       expose: ['8080/tcp', '53/udp', '9000/tcp'],
       tags: ['api:1.2', 'registry.example.com:5000/team/api:latest'],

@@ -48,6 +48,7 @@ function image(name: string, steps: CopyStep[], from?: { image: string; pos: Sou
     labels: {},
     expose: [],
     tags: [],
+    push: false,
     merge: 'fail',
     steps,
   };

@@ -19,7 +19,7 @@ import path from 'node:path';
 import { ContentStore } from '../cache/content-store.js';
 import { explainMiss } from '../cache/explain.js';
 import { chainKey, stepKey, type KeyMaterial } from '../cache/step-key.js';
-import { StepRecords, type LayerRef } from '../cache/step-records.js';
+import { StepRecords, type LayerRef, type StepRecord } from '../cache/step-records.js';
 import type { BuildSpec, CopyStep, ImageSpec, RunStep, StepSpec } from '../config/types.js';
 import { loadContextFilter, NO_FILTER, type ContextFilter } from '../context/context-filter.js';
 import { ContentHasher } from '../context/file-hasher.js';
@@ -44,6 +44,11 @@ import { BaseConfigs, externalChain, imageChainKey, needsChain, needsInLayerOrde
 import { CommandFailedError, CommandStoppedError, runStepLayer } from '../exec/run-step.js';
 import { pickRuntime, type RuntimeName } from '../exec/run-in-root.js';
 import { openSnapshotter, type Snapshotter, type SnapshotterName } from '../snapshot/snapshotter.js';
+import { RegistryClient, type RegistryClientOptions } from '../registry/client.js';
+import { parseImageReference, type ImageReference } from '../registry/reference.js';
+import { pushImages, type PushedTag } from './push-images.js';
+import { dirExport, dirImport, type CacheImport, type CacheRef, type CacheSourceKind } from '../cache/shared-cache.js';
+import { registryExport, registryImport } from '../cache/registry-cache.js';
 
 export interface BuildOptions {
   cacheDir: string;
@@ -63,6 +68,14 @@ export interface BuildOptions {
   snapshotter?: 'auto' | SnapshotterName;
   /** What runs `run` steps' commands (default auto: runc, else crun, else unshare + chroot). */
   runtime?: 'auto' | RuntimeName;
+  /** Push every image to the registries its tags name (images with `push: true` are pushed anyway). */
+  push?: boolean;
+  /** Shared caches to look in when the local one misses (`--cache-from`), in order. */
+  cacheFrom?: CacheRef[];
+  /** Where to write this build's records and layers for other machines (`--cache-to`). */
+  cacheTo?: CacheRef;
+  /** How to reach registries: credentials file, registries to speak plain HTTP to. */
+  registry?: RegistryClientOptions;
 }
 
 
@@ -75,6 +88,10 @@ export interface BuildResult {
   error?: Error;
   /** What ran `run` steps, when any missed. */
   execution?: { snapshotter: SnapshotterName; runtime: RuntimeName };
+  /** What `--cache-to` wrote. */
+  cacheExport?: { to: string; records: number; blobs: number; bytes: number };
+  /** Tags pushed to registries, with the manifest digest each now names. */
+  pushed?: PushedTag[];
   /** Paths that steps with no order between them both changed, and which step won (`merge: declared-order`). */
   merges: Array<MergeChoice & { image: string }>;
   /** Bytes moved to and from registries (set once images and caches are pulled and pushed). */
@@ -132,6 +149,10 @@ class BuildRun {
   /** Stops running commands: aborted on the first failure and on the caller's signal. */
   private readonly stop = new AbortController();
   private execution: Promise<{ snapshotter: Snapshotter; runtime: RuntimeName }> | undefined;
+  private registryClient: RegistryClient | undefined;
+  private cacheImports: Array<CacheImport & { origin?: ImageReference }> | undefined;
+  /** Blobs pulled from a registry, and from where. */
+  private readonly blobOrigins = new Map<string, ImageReference>();
   private readonly externals = new Map<string, Promise<{ image: BaseImage; dirs: DirMeta }>>();
   /** One flight per key: steps with the same key in one run (a shared linked step) build once. */
   private readonly flights = new Map<string, { by: string; done: Promise<Flight> }>();
@@ -184,7 +205,7 @@ class BuildRun {
     const steps = this.images.flatMap((img) => img.steps.map((s) => this.results.get(nodeId(img.name, s.id))!));
     const execution = await this.executionUsed();
     const error = this.firstError?.error ?? (this.opts.signal?.aborted ? new LayergraphError('STEP_FAILED', 'build interrupted') : undefined);
-    if (error) return { images: [], steps, durationMs: this.now(), error, execution, merges: [] };
+    if (error) return { images: [], steps, durationMs: this.now(), error, execution, merges: [], transfer: this.transfer() };
 
     const merges: BuildResult['merges'] = [];
     try {
@@ -193,7 +214,7 @@ class BuildRun {
         merges.push(...choices.map((c) => ({ image: image.name, ...c })));
       }
     } catch (err) {
-      return { images: [], steps, durationMs: this.now(), error: err as Error, execution, merges };
+      return { images: [], steps, durationMs: this.now(), error: err as Error, execution, merges, transfer: this.transfer() };
     }
 
     const outputs = this.opts.targets.length ? this.images.filter((i) => this.opts.targets.includes(i.name)) : this.images;
@@ -208,7 +229,15 @@ class BuildRun {
       archives: this.opts.archives ?? [],
       sourceDateEpoch: this.opts.sourceDateEpoch,
     });
-    return { images, steps, durationMs: this.now(), execution, merges };
+    let pushed: PushedTag[];
+    let cacheExport: BuildResult['cacheExport'];
+    try {
+      cacheExport = await this.exportCache(steps);
+      pushed = await pushImages(images, this.images, this.opts.push ?? false, this.store, () => this.registry(), (d) => this.blobOrigins.get(d));
+    } catch (err) {
+      return { images, steps, durationMs: this.now(), error: err as Error, execution, merges, transfer: this.transfer() };
+    }
+    return { images, steps, durationMs: this.now(), execution, merges, transfer: this.transfer(), ...(pushed.length ? { pushed } : {}), ...(cacheExport ? { cacheExport } : {}) };
   }
 
   private prepareStep(image: ImageSpec, step: StepSpec): { task: StepTask; start: () => void } {
@@ -358,6 +387,17 @@ class BuildRun {
     return this.configs.below(image);
   }
 
+  /** One client for every registry of the run (pulls, pushes, the shared cache), made when first needed. */
+  private registry(): RegistryClient {
+    this.registryClient ??= new RegistryClient(this.opts.registry ?? {});
+    return this.registryClient;
+  }
+
+  private transfer(): BuildResult['transfer'] {
+    const t = this.registryClient?.transferred;
+    return t ? { pulledBytes: t.pulled, pushedBytes: t.pushed } : undefined;
+  }
+
   /** The snapshotter and runtime, chosen when the first `run` step misses (a copy-only build needs neither). */
   private openExecution(): Promise<{ snapshotter: Snapshotter; runtime: RuntimeName }> {
     this.execution ??= (async () => {
@@ -422,18 +462,71 @@ class BuildRun {
     let reason: string;
     if (cached && (cached.layer === null || (await this.store.verify(cached.layer.digest)))) {
       await this.records.setLast(image.name, step.id, key);
-      return { status: 'hit', reason: '', layer: cached.layer, savedMs: cached.buildMs };
+      return { status: 'hit', reason: '', layer: cached.layer, savedMs: cached.buildMs, source: 'local' };
     } else if (cached) {
       reason = 'cached layer failed its digest check';
       await this.records.remove(key);
     } else {
-      reason = explainMiss((await this.records.lastFor(image.name, step.id))?.material, material);
+      const shared = await this.sharedRecord(key);
+      if (shared) return { status: 'hit', reason: '', layer: shared.record.layer, savedMs: shared.record.buildMs, source: shared.kind };
+      reason = explainMiss((await this.lastRecord(image.name, step.id))?.material, material);
     }
     let t = performance.now();
     const layer = await build(() => (t = performance.now()));
     const buildMs = Math.round(performance.now() - t);
     await this.records.put({ recordVersion: 1, key, image: image.name, step: step.id, material, layer, buildMs });
     return { status: 'miss', reason, layer, savedMs: 0 };
+  }
+
+  /**
+   * A record from a shared cache (`--cache-from`), in the order given: its
+   * layer is fetched (checked against its digest) and the record kept
+   * locally, so the next run hits without asking again.
+   */
+  private async sharedRecord(key: string): Promise<{ record: StepRecord; kind: CacheSourceKind } | undefined> {
+    for (const source of this.imports()) {
+      const record = await source.record(key);
+      if (!record) continue;
+      if (record.layer) {
+        await source.fetchLayer(record.layer, this.store);
+        if (source.origin) this.blobOrigins.set(record.layer.digest, source.origin);
+      }
+      await this.records.put(record);
+      return { record, kind: source.kind };
+    }
+    return undefined;
+  }
+
+  /** What this image/step was last built as: here, or else where a shared cache was written. */
+  private async lastRecord(image: string, step: string): Promise<StepRecord | undefined> {
+    const local = await this.records.lastFor(image, step);
+    if (local) return local;
+    for (const source of this.imports()) {
+      const shared = await source.lastFor(image, step);
+      if (shared) return shared;
+    }
+    return undefined;
+  }
+
+  private imports(): Array<CacheImport & { origin?: ImageReference }> {
+    this.cacheImports ??= (this.opts.cacheFrom ?? []).map((ref) =>
+      ref.kind === 'dir' ? dirImport(ref.path) : registryImport(ref.ref, this.registry(), this.store),
+    );
+    return this.cacheImports;
+  }
+
+  /** `--cache-to`: every record of this build (hits included) and the layers they point to. */
+  private async exportCache(steps: StepResult[]): Promise<BuildResult['cacheExport']> {
+    const to = this.opts.cacheTo;
+    if (!to) return undefined;
+    const records: StepRecord[] = [];
+    for (const key of new Set(steps.map((s) => s.key).filter(Boolean))) {
+      const record = await this.records.get(key);
+      if (record) records.push(record);
+    }
+    const exporter = to.kind === 'dir' ? dirExport(to.path) : registryExport(to.ref, this.registry(), (d) => this.blobOrigins.get(d));
+    const { blobs, bytes } = await exporter.write(records, this.store);
+    return { to: to.kind === 'dir' ? `dir:${to.path}` : `registry:${to.ref}`, records: records.length, blobs, bytes };
   }
 
   private async buildLayer(plan: CopyPlan): Promise<LayerRef | null> {
@@ -481,7 +574,9 @@ class BuildRun {
     let p = this.externals.get(from.text);
     if (!p) {
       p = (async () => {
-        const base = await openExternalBase(image, this.store);
+        const base = await openExternalBase(image, this.store, () => this.registry());
+        // A pushed image that shares these layers can mount them from where they came.
+        if (from.ref.transport === 'registry') for (const l of base.layers) this.blobOrigins.set(l.digest, parseImageReference(from.ref.ref!));
         return { image: base, dirs: await layerDirs(base.layers, this.store) };
       })();
       p.catch(() => undefined);
@@ -538,7 +633,7 @@ class BuildRun {
   private result(
     image: ImageSpec,
     step: StepSpec,
-    r: { status: StepResult['status']; reason: string; startMs: number; key?: string; layer?: LayerRef | null; savedMs?: number },
+    r: { status: StepResult['status']; reason: string; startMs: number; key?: string; layer?: LayerRef | null; savedMs?: number; source?: CacheSourceKind },
   ): StepResult {
     return {
       image: image.name,
@@ -550,6 +645,7 @@ class BuildRun {
       durationMs: this.now() - r.startMs,
       layer: r.layer ?? null,
       savedMs: r.savedMs ?? 0,
+      ...(r.status === 'hit' && r.source ? { cacheSource: r.source } : {}),
     };
   }
 
@@ -575,6 +671,8 @@ interface Flight {
   reason: string;
   layer: LayerRef | null;
   savedMs: number;
+  /** Where a hit came from. */
+  source?: CacheSourceKind;
 }
 
 /** Errors a user can act on keep their kind; anything else becomes a step failure that names the step. */

@@ -15,6 +15,7 @@ import { belowKey } from '../cache/step-key.js';
 import type { ImageSpec, StepSpec } from '../config/types.js';
 import { ConfigError, UsageError } from '../errors.js';
 import { importBase, type BaseImage } from '../oci/base-image.js';
+import type { RegistryClient } from '../registry/client.js';
 import { hostPlatform, inheritConfig, type RuntimeConfig } from '../oci/image-config.js';
 import { hashValue } from '../util/xxhash.js';
 
@@ -78,11 +79,11 @@ export class BaseConfigs {
  * Read an image's base from outside the file. A base that is missing or not
  * an image is a problem of the build file: the error points at its `from`.
  */
-export async function openExternalBase(image: ImageSpec, store: ContentStore): Promise<BaseImage> {
+export async function openExternalBase(image: ImageSpec, store: ContentStore, registry?: () => RegistryClient): Promise<BaseImage> {
   if (image.from.kind !== 'base') throw new Error(`internal: ${image.name} has no external base`);
   const from = image.from;
   try {
-    return await importBase(from.ref, store, image.platform ?? hostPlatform());
+    return await importBase(from.ref, store, image.platform ?? hostPlatform(), registry);
   } catch (err) {
     if (err instanceof UsageError || (err as NodeJS.ErrnoException).code === 'ENOENT') {
       throw new ConfigError([{ pos: from.pos, path: `images.${image.name}.from`, message: `\`from: ${from.text}\`: ${(err as Error).message}` }]);

@@ -10,7 +10,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { access, mkdir, rename, rm } from 'node:fs/promises';
+import { access, mkdir, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -43,6 +43,11 @@ export class ContentStore {
 
   read(digest: string): Readable {
     return createReadStream(this.blobPath(digest));
+  }
+
+  /** A small blob (manifest, config) whole. */
+  async bytes(digest: string): Promise<Buffer> {
+    return readFile(this.blobPath(digest));
   }
 
   /** Stream bytes into the store. With `expected`, a mismatch removes the staging file and throws. */

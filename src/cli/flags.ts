@@ -33,6 +33,11 @@ export const COMMANDS = {
       progress: { type: 'string', value: 'mode', help: 'auto | tty | plain | quiet (default: auto)' },
       snapshotter: { type: 'string', value: 'name', help: 'how run steps get their root: auto | overlay | copy (default: auto, overlay where it can mount)' },
       runtime: { type: 'string', value: 'name', help: 'what runs run steps: auto | runc | crun | chroot (default: auto, the first installed)' },
+      'cache-from': { type: 'string', multiple: true, value: 'dir:<path>|registry:<ref>', help: 'a shared cache to hit from when the local one misses; repeatable' },
+      'cache-to': { type: 'string', value: 'dir:<path>|registry:<ref>', help: "write this build's step records and layers there, for other machines" },
+      push: { type: 'boolean', help: 'push every image to the registries its tags name (images with push: true always are)' },
+      'registry-config': { type: 'string', value: 'file', help: 'registry credentials: a Docker config.json (default: $DOCKER_CONFIG/config.json, ~/.docker/config.json)' },
+      'insecure-registry': { type: 'string', multiple: true, value: 'host[:port]', help: 'speak plain HTTP to this registry (localhost and 127.0.0.1 always); repeatable' },
     },
   },
   plan: {

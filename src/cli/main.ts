@@ -25,6 +25,8 @@ import { createProgress, type ProgressMode } from './progress.js';
 import { withExcerpts } from './excerpts.js';
 import { runForcedExitCleanups } from '../util/forced-exit.js';
 import type { ArchiveKind } from '../oci/archive.js';
+import type { RegistryClientOptions } from '../registry/client.js';
+import { parseCacheRef } from '../cache/shared-cache.js';
 
 export const EXIT = { ok: 0, buildFailed: 1, invalid: 2, notCached: 3, interrupted: 130, bug: 70 } as const;
 
@@ -111,6 +113,10 @@ async function runCommand(file: string, values: Record<string, unknown>, io: Cli
       sourceDateEpoch: epoch,
       snapshotter,
       runtime,
+      registry: registryOptions(values, io),
+      push: values.push === true,
+      cacheFrom: ((values['cache-from'] as string[] | undefined) ?? []).map((c) => parseCacheRef(c, '--cache-from', io.cwd)),
+      ...(values['cache-to'] ? { cacheTo: parseCacheRef(values['cache-to'] as string, '--cache-to', io.cwd) } : {}),
       onEvent: (e) => progress.onEvent(e),
       ...(io.signal ? { signal: io.signal } : {}),
     });
@@ -260,6 +266,16 @@ function parseOutputs(outputs: string[], out: string | undefined): { ociDir: str
   }
   if (ociDirs.length > 1) throw new UsageError(`--out/--output oci: given ${ociDirs.length} times; one OCI layout per run`);
   return { ociDir: ociDirs[0] ?? (archives.length ? undefined : 'out'), archives };
+}
+
+/** Registry access as the flags and environment say. */
+function registryOptions(values: Record<string, unknown>, io: CliIo): RegistryClientOptions {
+  const configFile = values['registry-config'] as string | undefined;
+  return {
+    ...(configFile ? { registryConfig: path.resolve(io.cwd, configFile) } : {}),
+    insecure: (values['insecure-registry'] as string[] | undefined) ?? [],
+    env: io.env,
+  };
 }
 
 function oneOf<T extends string>(flag: string, value: unknown, allowed: readonly T[]): T {

@@ -7,7 +7,8 @@
 import type { ConfigIssue, SourcePos } from '../errors.js';
 import { formatPath, type Segment, type SourceFile } from './positions.js';
 import { IMAGE_NAME, STEP_ID, imageNames, isRecord } from './raw.js';
-import { referenceProblem } from './reference.js';
+import { isRegistryRef, referenceProblem } from './reference.js';
+import { parseImageReference } from '../registry/reference.js';
 import { contextSourceProblem, parseChown, parseExpose } from './values.js';
 
 export function semanticIssues(data: unknown, src: SourceFile): ConfigIssue[] {
@@ -44,8 +45,20 @@ function checkImage(ctx: Ctx, name: string, image: Record<string, unknown>): voi
     if (from === name) issues.push(src.issue(src.valuePos(fromAt), fromAt, 'an image cannot be built from itself'));
     else if (!ctx.names.includes(from)) {
       issues.push(
-        src.issue(src.valuePos(fromAt), fromAt, `image \`${name}\` is built from \`${from}\`, which is not an image of this file (${imagesList(ctx)})`),
+        src.issue(
+          src.valuePos(fromAt),
+          fromAt,
+          `image \`${name}\` is built from \`${from}\`, which is not an image of this file (${imagesList(ctx)}); for a registry image, give its tag, like \`${from}:latest\``,
+        ),
       );
+    }
+  }
+  if (typeof from === 'string' && isRegistryRef(from)) {
+    const fromAt = [...at, 'from'];
+    try {
+      parseImageReference(from);
+    } catch (err) {
+      issues.push(src.issue(src.valuePos(fromAt), fromAt, `\`from: ${from}\` is not a valid image reference: ${(err as Error).message}`));
     }
   }
   if (Array.isArray(image.expose)) {

@@ -4,7 +4,8 @@
  */
 import path from 'node:path';
 import { isScalar } from 'yaml';
-import { parseBaseRef } from '../oci/base-image.js';
+import { parseBaseRef, registryBaseRef } from '../oci/base-image.js';
+import { isRegistryRef } from './reference.js';
 import type { BuildSpec, CopyStep, ImageSpec, RunStep, StepSpec } from './types.js';
 import type { Segment, SourceFile } from './positions.js';
 import { imageNames, type RawBuildFile, type RawImage, type RawStep } from './raw.js';
@@ -23,7 +24,7 @@ export function toBuildSpec(data: RawBuildFile, src: SourceFile): BuildSpec {
 function fromOf(from: string | undefined, src: SourceFile, at: Segment[]): ImageSpec['from'] {
   if (from === undefined || from === 'scratch') return { kind: 'scratch' };
   const pos = src.valuePos(at);
-  const ref = parseBaseRef(from, path.dirname(src.file));
+  const ref = parseBaseRef(from, path.dirname(src.file)) ?? (isRegistryRef(from) ? registryBaseRef(from) : undefined);
   return ref ? { kind: 'base', ref, text: from, pos } : { kind: 'image', image: from, pos };
 }
 
@@ -44,6 +45,7 @@ function toImage(name: string, raw: RawImage, src: SourceFile): ImageSpec {
     labels: { ...raw.labels },
     expose: [...new Set((raw.expose ?? []).map((e) => must(parseExpose(e))))],
     tags: [...(raw.tags ?? [])],
+    push: raw.push ?? false,
     merge: raw.merge ?? 'fail',
     steps: raw.steps.map((step, i) => toStep(step, [...at, 'steps', i], raw.steps[i - 1], src)),
   };

@@ -24,6 +24,7 @@ export interface RawImage {
   expose?: Array<number | string>;
   tags?: string[];
   merge?: 'fail' | 'declared-order';
+  push?: boolean;
   steps: RawStep[];
 }
 

@@ -58,3 +58,13 @@ function hostProblem(domain: string): string | undefined {
   if (!host.split('.').every((c) => DOMAIN_COMPONENT.test(c))) return `the registry \`${host}\` is not a valid host name`;
   return undefined;
 }
+
+/**
+ * Whether `from:` names a registry image rather than an image of the file:
+ * it has a tag, a digest or a path (`alpine:3`, `team/app`, `host:5000/app`).
+ * A bare name is always an image of the file, so a typo is reported, not
+ * looked up on Docker Hub.
+ */
+export function isRegistryRef(from: string): boolean {
+  return /[/:@]/.test(from) && !/^(oci|oci-archive|docker-archive):/.test(from);
+}

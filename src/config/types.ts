@@ -40,6 +40,8 @@ export interface ImageSpec {
   /** Normalised to `<port>/<proto>` (tcp when omitted). */
   expose: string[];
   tags: string[];
+  /** Push to the registries its tags name at the end of every build (as `--push` does for all). */
+  push: boolean;
   /** How two steps with no order between them that change the same path are resolved. */
   merge: 'fail' | 'declared-order';
   /** Steps in file order. */

@@ -87,8 +87,8 @@ interface Described {
 
 /** What the docker format needs of an image: its config digest, its layers with their diffIDs, and `repo:tag` names. */
 async function describe(store: ContentStore, img: LayoutImage): Promise<Described> {
-  const manifest = JSON.parse(await readBlob(store, img.manifest.digest)) as { config: { digest: string }; layers: Array<{ digest: string }> };
-  const config = JSON.parse(await readBlob(store, manifest.config.digest)) as { rootfs: { diff_ids: string[] } };
+  const manifest = JSON.parse((await store.bytes(img.manifest.digest)).toString('utf8')) as { config: { digest: string }; layers: Array<{ digest: string }> };
+  const config = JSON.parse((await store.bytes(manifest.config.digest)).toString('utf8')) as { rootfs: { diff_ids: string[] } };
   return {
     config: manifest.config.digest,
     repoTags: [img.name, ...img.tags].map(withTag),
@@ -139,12 +139,6 @@ class Entries {
   private header(name: string, type: 'file' | 'directory', size: number): tar.Header {
     return { name, type, size, mode: type === 'directory' ? 0o755 : 0o644, uid: 0, gid: 0, uname: '', gname: '', mtime: this.mtime, linkname: '', devmajor: 0, devminor: 0 };
   }
-}
-
-async function readBlob(store: ContentStore, digest: string): Promise<string> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of createReadStream(store.blobPath(digest))) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks).toString('utf8');
 }
 
 function hex(digest: string): string {

@@ -23,13 +23,15 @@ import { uncompressed } from './layer-apply.js';
 import { layerEntries } from './layer-headers.js';
 import { writeFileAtomic } from '../util/fs-atomic.js';
 import { readJsonIfPresent } from '../util/fs-read.js';
+import { RegistryClient } from '../registry/client.js';
 
-export type BaseTransport = 'oci' | 'oci-archive' | 'docker-archive';
+export type BaseTransport = 'oci' | 'oci-archive' | 'docker-archive' | 'registry';
 
 export interface BaseRef {
   transport: BaseTransport;
-  /** Absolute path of the layout directory or archive file. */
+  /** Absolute path of the layout directory or archive file ('' for a registry). */
   path: string;
+  /** The image in the layout or archive; for a registry, the whole reference. */
   ref: string | undefined;
 }
 
@@ -65,7 +67,13 @@ export function parseBaseRef(from: string, baseDir: string): BaseRef | undefined
   return { transport, path: path.resolve(baseDir, file), ref: i === -1 ? undefined : rest.slice(i + 1) };
 }
 
-export async function importBase(ref: BaseRef, store: ContentStore, platform: Platform): Promise<BaseImage> {
+/** A registry image's reference, as `from:` writes it: `[host[:port]/]repo[:tag][@digest]`. */
+export function registryBaseRef(from: string): BaseRef {
+  return { transport: 'registry', path: '', ref: from };
+}
+
+export async function importBase(ref: BaseRef, store: ContentStore, platform: Platform, registry?: () => RegistryClient): Promise<BaseImage> {
+  if (ref.transport === 'registry') return importRegistry(ref.ref!, store, platform, registry?.() ?? new RegistryClient());
   if (ref.transport === 'oci') return importLayout(ref.path, ref.ref, store, platform, ref);
   const dir = await mkdtemp(path.join(os.tmpdir(), 'layergraph-base-'));
   try {
@@ -98,6 +106,27 @@ async function importLayout(layout: string, wanted: string | undefined, store: C
     layers.push({ digest: l.digest, size: l.size, diffId: diffIds[i]!, mediaType: ociLayerType(l.mediaType) });
   }
   return toBase(manifestDesc.digest, config, layers);
+}
+
+/**
+ * From a registry: through an index to our platform, every blob pulled into
+ * the store and checked on the way (a blob the store has is not downloaded).
+ */
+async function importRegistry(from: string, store: ContentStore, platform: Platform, client: RegistryClient): Promise<BaseImage> {
+  const image = await client.resolve(from, platform);
+  await store.put(image.bytes);
+  await client.pullBlob(image.reference, image.config, store);
+  const config = JSON.parse((await store.bytes(image.config.digest)).toString('utf8')) as ConfigJson;
+  const diffIds = config.rootfs?.diff_ids ?? [];
+  if (diffIds.length !== image.layers.length) {
+    throw new InvalidImageError(`${from}: ${image.layers.length} layers but ${diffIds.length} diff_ids in its config`);
+  }
+  const layers: BaseLayer[] = [];
+  for (const [i, l] of image.layers.entries()) {
+    await client.pullBlob(image.reference, l, store);
+    layers.push({ digest: l.digest, size: l.size, diffId: diffIds[i]!, mediaType: ociLayerType(l.mediaType) });
+  }
+  return toBase(image.digest, config, layers);
 }
 
 /** An index (several platforms) resolves to the manifest for ours. */
@@ -211,6 +240,7 @@ async function extractArchive(file: string, dir: string): Promise<void> {
 }
 
 function describe(ref: BaseRef): string {
+  if (ref.transport === 'registry') return ref.ref!;
   return `${ref.transport}:${ref.path}${ref.ref ? `:${ref.ref}` : ''}`;
 }
 

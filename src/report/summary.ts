@@ -55,6 +55,9 @@ export function textReport(result: BuildResult): string {
   );
   for (const m of result.merges) lines.push(mergeLine(m));
   for (const img of result.images) lines.push(`${img.name}: ${img.manifestDigest}${img.tags.length ? ` (${img.tags.join(', ')})` : ''}`);
+  for (const p of result.pushed ?? []) lines.push(`pushed ${p.reference} (${p.digest})`);
+  const c = result.cacheExport;
+  if (c) lines.push(`cache written to ${c.to}: ${c.records} step records, ${c.blobs} new layers (${formatBytes(c.bytes)})`);
   if (result.execution) lines.push(`run steps used the ${result.execution.snapshotter} snapshotter and ${result.execution.runtime}`);
   lines.push(summaryLine(summarize(result)));
   return lines.join('\n') + '\n';
@@ -95,6 +98,8 @@ export function jsonReport(result: BuildResult): string {
           ...(r.cacheSource ? { cacheSource: r.cacheSource } : {}),
         })),
         merges: result.merges,
+        ...(result.pushed ? { pushed: result.pushed } : {}),
+        ...(result.cacheExport ? { cacheExport: result.cacheExport } : {}),
         ...(result.execution ? { execution: result.execution } : {}),
         summary: {
           total: s.total,
