@@ -17,7 +17,7 @@ const ready = hasTool('docker-registry') && hasTool('skopeo');
 
 interface Report {
   images: Array<{ name: string; manifestDigest: string }>;
-  steps: Array<{ image: string; id: string; status: string; reason: string; cacheSource?: string }>;
+  steps: Array<{ image: string; id: string; status: string; reason: string; cacheSource?: string; layer: { digest: string } | null }>;
   summary: { pulledBytes?: number; pushedBytes?: number };
   pushed?: Array<{ reference: string; digest: string }>;
 }
@@ -109,6 +109,18 @@ describe.skipIf(!ready)('building with a registry', () => {
     } finally {
       await writeFile(path.join(work, 'ctx', 'src', 'main.js'), 'console.log("v1")\n');
     }
+  });
+
+  it('pushes hits from a registry cache without downloading their layers', async () => {
+    const cacheRef = `registry:${host}/cache/app:main`;
+    const res = await build('app.yaml', 'cache-lazy', ['--cache-from', cacheRef, '--push']);
+    expect(res.exitCode, res.stderr).toBe(0);
+    expect(res.report.steps.map((s) => s.status)).toEqual(['hit', 'hit']);
+    const stepLayers = (await build('app.yaml', 'cache-b', ['--out', path.join(work, 'o-lazy')])).report.steps.map((s) => s.layer!.digest);
+    // Mounted from the cache's repository: the local store never held them, and no local layout was asked for.
+    const local = await readdir(path.join(work, 'cache-lazy', 'blobs', 'sha256'));
+    for (const digest of stepLayers) expect(local).not.toContain(digest.slice('sha256:'.length));
+    expect(res.report.pushed?.[0]?.digest).toBe(res.report.images[0]!.manifestDigest);
   });
 
   it('shares its cache through a directory too', async () => {

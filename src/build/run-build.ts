@@ -479,19 +479,25 @@ class BuildRun {
   }
 
   /**
-   * A record from a shared cache (`--cache-from`), in the order given: its
-   * layer is fetched (checked against its digest) and the record kept
-   * locally, so the next run hits without asking again.
+   * A record from a shared cache (`--cache-from`), in the order given. Its
+   * layer is fetched (checked against its digest) only when something reads
+   * it — a push that finds it in the target registry, or mounts it from
+   * there, never does — and then the record is kept locally too, so the next
+   * run hits without asking again.
    */
   private async sharedRecord(key: string): Promise<{ record: StepRecord; kind: CacheSourceKind } | undefined> {
     for (const source of this.imports()) {
       const record = await source.record(key);
       if (!record) continue;
-      if (record.layer) {
-        await source.fetchLayer(record.layer, this.store);
-        if (source.origin) this.blobOrigins.set(record.layer.digest, source.origin);
-      }
-      await this.records.put(record);
+      const layer = record.layer;
+      if (layer) {
+        if (source.origin) this.blobOrigins.set(layer.digest, source.origin);
+        this.store.addRemote(layer.digest, async () => {
+          await source.fetchLayer(layer, this.store);
+          await this.records.put(record);
+        });
+      } else await this.records.put(record);
+      await this.records.setLast(record.image, record.step, key);
       return { record, kind: source.kind };
     }
     return undefined;

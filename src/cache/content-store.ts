@@ -7,12 +7,17 @@
  * holds complete bytes; "already exists" on commit is success. Blobs are
  * re-verified against their digest before they are reused (`verify`), so a
  * damaged cache is caught instead of copied into an image.
+ *
+ * A blob can also be known without being here yet (`addRemote`): a hit from
+ * a shared cache in a registry. It is fetched the first time its bytes are
+ * read (`read`, `bytes`, `ensure`), so a build that only pushes it to where
+ * it already is never downloads it.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream, existsSync } from 'node:fs';
 import { access, mkdir, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
+import { PassThrough, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
 import { CacheCorruptError } from '../errors.js';
@@ -26,7 +31,28 @@ export interface BlobInfo {
 }
 
 export class ContentStore {
+  private readonly remotes = new Map<string, () => Promise<void>>();
+  private readonly fetching = new Map<string, Promise<void>>();
+
   constructor(readonly root: string) {}
+
+  /** `fetch` puts `digest` into this store when something first reads it. */
+  addRemote(digest: string, fetch: () => Promise<void>): void {
+    this.remotes.set(digest, fetch);
+  }
+
+  /** Makes sure the blob's bytes are here (fetching a remote one once); a blob neither here nor remote is left to fail where it is read. */
+  async ensure(digest: string): Promise<void> {
+    const fetch = this.remotes.get(digest);
+    if (!fetch || (await this.has(digest))) return;
+    let flight = this.fetching.get(digest);
+    if (!flight) {
+      flight = fetch();
+      this.fetching.set(digest, flight);
+      flight.catch(() => this.fetching.delete(digest));
+    }
+    await flight;
+  }
 
   blobPath(digest: string): string {
     return path.join(this.root, 'blobs', 'sha256', hexOf(digest));
@@ -42,11 +68,18 @@ export class ContentStore {
   }
 
   read(digest: string): Readable {
-    return createReadStream(this.blobPath(digest));
+    if (!this.remotes.has(digest) || existsSync(this.blobPath(digest))) return createReadStream(this.blobPath(digest));
+    const out = new PassThrough();
+    this.ensure(digest).then(
+      () => createReadStream(this.blobPath(digest)).on('error', (err) => out.destroy(err)).pipe(out),
+      (err: Error) => out.destroy(err),
+    );
+    return out;
   }
 
   /** A small blob (manifest, config) whole. */
   async bytes(digest: string): Promise<Buffer> {
+    await this.ensure(digest);
     return readFile(this.blobPath(digest));
   }
 

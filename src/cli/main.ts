@@ -98,7 +98,7 @@ async function runCommand(file: string, values: Record<string, unknown>, io: Cli
   }
   const epoch = sourceDateEpoch(io.env);
   const cacheDir = await userDir('--cache-dir', (values['cache-dir'] as string | undefined) ?? defaultCacheDir(io.env), io);
-  const outputs = parseOutputs((values.output as string[] | undefined) ?? [], values.out as string | undefined);
+  const outputs = parseOutputs((values.output as string[] | undefined) ?? [], values.out as string | undefined, values.push === true);
   const outDir = outputs.ociDir === undefined ? undefined : await userDir('--out', outputs.ociDir, io);
   const archives = outputs.archives.map((a) => ({ kind: a.kind, file: path.resolve(io.cwd, a.file) }));
   const progress = createProgress(progressMode as ProgressMode, io.stderr, io.env);
@@ -154,7 +154,7 @@ async function planCommand(file: string, values: Record<string, unknown>, io: Cl
   const format = oneOf('--format', values.format, PLAN_FORMATS);
   // Only read: a plan creates no cache directory, not even an empty one.
   const cacheDir = path.resolve(io.cwd, (values['cache-dir'] as string | undefined) ?? defaultCacheDir(io.env));
-  const outputs = parseOutputs((values.output as string[] | undefined) ?? [], values.out as string | undefined);
+  const outputs = parseOutputs((values.output as string[] | undefined) ?? [], values.out as string | undefined, false);
   const ownDirs = [...(outputs.ociDir === undefined ? [] : [outputs.ociDir]), ...outputs.archives.map((a) => a.file)].map((p) => path.resolve(io.cwd, p));
   const plan = await planBuild(spec, { cacheDir, ownDirs, targets, sourceDateEpoch: sourceDateEpoch(io.env) });
   io.stdout.write(planReport(plan, format));
@@ -253,9 +253,11 @@ async function reportError(err: unknown, io: CliIo): Promise<number> {
 
 /**
  * `--output oci:<dir>`, `oci-archive:<file>`, `docker-archive:<file>`
- * (repeatable), and `--out <dir>` for the first. Without either: `oci:out`.
+ * (repeatable), and `--out <dir>` for the first. Without either: `oci:out`,
+ * unless the images are pushed (then, like `docker buildx build --push`,
+ * nothing is written here).
  */
-function parseOutputs(outputs: string[], out: string | undefined): { ociDir: string | undefined; archives: Array<{ kind: ArchiveKind; file: string }> } {
+function parseOutputs(outputs: string[], out: string | undefined, push: boolean): { ociDir: string | undefined; archives: Array<{ kind: ArchiveKind; file: string }> } {
   const ociDirs = out === undefined ? [] : [out];
   const archives: Array<{ kind: ArchiveKind; file: string }> = [];
   for (const o of outputs) {
@@ -265,7 +267,7 @@ function parseOutputs(outputs: string[], out: string | undefined): { ociDir: str
     else archives.push({ kind: m[1] as ArchiveKind, file: m[2]! });
   }
   if (ociDirs.length > 1) throw new UsageError(`--out/--output oci: given ${ociDirs.length} times; one OCI layout per run`);
-  return { ociDir: ociDirs[0] ?? (archives.length ? undefined : 'out'), archives };
+  return { ociDir: ociDirs[0] ?? (archives.length || push ? undefined : 'out'), archives };
 }
 
 /** Registry access as the flags and environment say. */

@@ -12,6 +12,7 @@
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import type { ContentStore } from '../cache/content-store.js';
@@ -51,7 +52,7 @@ async function ociEntries(entries: Entries, store: ContentStore, images: LayoutI
   await entries.dir('blobs/sha256/');
   const blobs = new Map(images.flatMap((img) => img.blobs.map((b) => [b.digest, b.size] as const)));
   for (const [digest, size] of [...blobs].sort(([a], [b]) => (a < b ? -1 : 1))) {
-    await entries.file(`blobs/sha256/${hex(digest)}`, size, createReadStream(store.blobPath(digest)));
+    await entries.file(`blobs/sha256/${hex(digest)}`, size, store.read(digest));
   }
 }
 
@@ -68,7 +69,8 @@ async function dockerEntries(entries: Entries, store: ContentStore, images: Layo
   for (const d of described) {
     if (!written.has(d.config)) {
       written.add(d.config);
-      await entries.file(`${hex(d.config)}.json`, (await stat(store.blobPath(d.config))).size, createReadStream(store.blobPath(d.config)));
+      const config = await store.bytes(d.config);
+      await entries.file(`${hex(d.config)}.json`, config.length, Readable.from([config]));
     }
     for (const layer of d.layers) {
       if (written.has(layer.diffId)) continue;
@@ -129,7 +131,7 @@ class Entries {
   async uncompressedLayer(name: string, store: ContentStore, digest: string, scratchDir: string): Promise<void> {
     const scratch = tempSibling(path.join(scratchDir, `.layer-${hex(digest).slice(0, 12)}`));
     try {
-      await pipeline(await uncompressed(createReadStream(store.blobPath(digest))), createWriteStream(scratch));
+      await pipeline(await uncompressed(store.read(digest)), createWriteStream(scratch));
       await this.file(name, (await stat(scratch)).size, createReadStream(scratch));
     } finally {
       await rm(scratch, { force: true });

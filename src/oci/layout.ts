@@ -54,6 +54,7 @@ export function indexJson(images: LayoutImage[]): string {
 async function copyBlob(store: ContentStore, digest: string, size: number, outDir: string): Promise<void> {
   const target = path.join(outDir, 'blobs', 'sha256', digest.slice('sha256:'.length));
   if ((await stat(target).catch(() => undefined))?.size === size) return;
+  await store.ensure(digest);
   const tmp = tempSibling(target);
   try {
     await copyFile(store.blobPath(digest), tmp, constants.COPYFILE_FICLONE);
