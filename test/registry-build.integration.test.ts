@@ -111,6 +111,20 @@ describe.skipIf(!ready)('building with a registry', () => {
     }
   });
 
+  it('plans against the registry cache: a fresh cache would hit every step, and nothing is written', async () => {
+    const res = await runCli([
+      'plan', path.join(work, 'ctx', 'app.yaml'), '--format', 'json',
+      '--cache-dir', path.join(work, 'cache-plan'), '--cache-from', `registry:${host}/cache/app:main`,
+    ]);
+    expect(res.exitCode, res.stderr).toBe(0);
+    const plan = JSON.parse(res.stdout) as { steps: Array<{ id: string; status: string; cacheSource?: string }> };
+    expect(plan.steps.map((s) => [s.id, s.status, s.cacheSource])).toEqual([
+      ['src', 'hit', 'registry'],
+      ['conf', 'hit', 'registry'],
+    ]);
+    await expect(readdir(path.join(work, 'cache-plan'))).rejects.toThrow(/ENOENT/);
+  });
+
   it('pushes hits from a registry cache without downloading their layers', async () => {
     const cacheRef = `registry:${host}/cache/app:main`;
     const res = await build('app.yaml', 'cache-lazy', ['--cache-from', cacheRef, '--push']);

@@ -23,7 +23,9 @@ import type { Readable } from 'node:stream';
 import { ContentStore, type BlobInfo } from '../cache/content-store.js';
 import { explainMiss } from '../cache/explain.js';
 import { chainKey, stepKey, type KeyMaterial } from '../cache/step-key.js';
-import { StepRecords, type LayerRef } from '../cache/step-records.js';
+import { StepRecords, type LayerRef, type StepRecord } from '../cache/step-records.js';
+import type { CacheImport, CacheSourceKind } from '../cache/shared-cache.js';
+import type { RegistryClient } from '../registry/client.js';
 import type { BuildSpec, ImageSpec, StepSpec } from '../config/types.js';
 import { loadContextFilter, type ContextFilter } from '../context/context-filter.js';
 import { ContentHasher } from '../context/file-hasher.js';
@@ -54,6 +56,8 @@ export interface PlannedStep {
   layer: LayerRef | null;
   /** For a hit: what building it took when it was built. */
   savedMs: number;
+  /** For a hit: whether the local cache has it or a shared one (`--cache-from`). */
+  cacheSource?: CacheSourceKind;
   pos: SourcePos;
 }
 
@@ -72,6 +76,10 @@ export interface PlanOptions {
   /** Images to plan (with what they need); empty means all. */
   targets: string[];
   sourceDateEpoch: number;
+  /** Shared caches a build would look in (`--cache-from`); only their records are read. */
+  cacheFrom?: CacheImport[];
+  /** For bases and caches in registries. */
+  registry?: () => RegistryClient;
 }
 
 /**
@@ -108,6 +116,8 @@ class Planner {
   private readonly imageKeys = new Map<string, Promise<Chain>>();
   private readonly externals = new Map<string, Promise<BaseImage>>();
   private filter!: ContextFilter;
+  /** A registry base is pulled here, outside the cache (its config is read back from it). */
+  private readonly pulled: ContentStore;
 
   constructor(
     private readonly spec: BuildSpec,
@@ -123,6 +133,7 @@ class Planner {
       (image) => this.external(image).then((b) => b.config),
     );
     this.snapshots = new SnapshotCache(path.join(tmp, 'cache'), this.store, () => tmp);
+    this.pulled = new ContentStore(path.join(tmp, 'pulled'));
   }
 
   async plan(): Promise<BuildPlan> {
@@ -179,11 +190,28 @@ class Planner {
     const base = { image: image.name, step: step.id, kind: step.kind, key, pos: step.pos };
     const record = await this.records.get(key);
     if (record && (record.layer === null || (await this.store.has(record.layer.digest)))) {
-      return { planned: { ...base, status: 'hit', reason: '', layer: record.layer, savedMs: record.buildMs }, chain };
+      return { planned: { ...base, status: 'hit', reason: '', layer: record.layer, savedMs: record.buildMs, cacheSource: 'local' }, chain };
+    }
+    if (!record) {
+      for (const source of this.opts.cacheFrom ?? []) {
+        const shared = await source.record(key);
+        if (shared) return { planned: { ...base, status: 'hit', reason: '', layer: shared.layer, savedMs: shared.buildMs, cacheSource: source.kind }, chain };
+      }
     }
     // The build's own words for the same two cases (run-build.ts lookupOrBuild).
-    const reason = record ? 'cached layer failed its digest check' : explainMiss((await this.records.lastFor(image.name, step.id))?.material, material);
+    const reason = record ? 'cached layer failed its digest check' : explainMiss((await this.lastRecord(image.name, step.id))?.material, material);
     return { planned: { ...base, status: 'miss', reason, layer: null, savedMs: 0 }, chain };
+  }
+
+  /** What the step was last built as, here or where a shared cache was written (as the build explains it). */
+  private async lastRecord(image: string, step: string): Promise<StepRecord | undefined> {
+    const local = await this.records.lastFor(image, step);
+    if (local) return local;
+    for (const source of this.opts.cacheFrom ?? []) {
+      const shared = await source.lastFor(image, step);
+      if (shared) return shared;
+    }
+    return undefined;
   }
 
   private unknown(image: ImageSpec, step: StepSpec, cause: { why: string; waitsFor: string[] }): StepState {
@@ -278,7 +306,8 @@ class Planner {
     const text = image.from.kind === 'base' ? image.from.text : '';
     let p = this.externals.get(text);
     if (!p) {
-      p = openExternalBase(image, this.store);
+      const fromRegistry = image.from.kind === 'base' && image.from.ref.transport === 'registry';
+      p = openExternalBase(image, fromRegistry ? this.pulled : this.store, this.opts.registry);
       this.externals.set(text, p);
     }
     return p;

@@ -49,6 +49,9 @@ export const COMMANDS = {
       out: { type: 'string', short: 'o', value: 'dir', help: 'the --out of the build to plan, left out of the context as the build does (default: ./out)' },
       output: { type: 'string', multiple: true, value: 'kind:path', help: 'the --output of the build to plan, left out of the context likewise; repeatable' },
       'cache-dir': { type: 'string', value: 'dir', help: 'cache directory to check (default: $XDG_CACHE_HOME/layergraph or ~/.cache/layergraph)' },
+      'cache-from': { type: 'string', multiple: true, value: 'dir:<path>|registry:<ref>', help: 'shared caches the build would hit from (their records are read, nothing else)' },
+      'registry-config': { type: 'string', value: 'file', help: 'registry credentials: a Docker config.json' },
+      'insecure-registry': { type: 'string', multiple: true, value: 'host[:port]', help: 'speak plain HTTP to this registry; repeatable' },
     },
   },
   validate: {

@@ -2,7 +2,7 @@
  * The CLI entry: parse, run the command, map errors to exit codes. This is
  * the only place that knows about exit codes and process streams.
  */
-import { appendFile, readFile, writeFile, mkdir } from 'node:fs/promises';
+import { appendFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { runBuild, type BuildResult } from '../build/run-build.js';
@@ -25,8 +25,10 @@ import { createProgress, type ProgressMode } from './progress.js';
 import { withExcerpts } from './excerpts.js';
 import { runForcedExitCleanups } from '../util/forced-exit.js';
 import type { ArchiveKind } from '../oci/archive.js';
-import type { RegistryClientOptions } from '../registry/client.js';
-import { parseCacheRef } from '../cache/shared-cache.js';
+import { dirImport, parseCacheRef } from '../cache/shared-cache.js';
+import { registryImport } from '../cache/registry-cache.js';
+import { ContentStore } from '../cache/content-store.js';
+import { RegistryClient, type RegistryClientOptions } from '../registry/client.js';
 
 export const EXIT = { ok: 0, buildFailed: 1, invalid: 2, notCached: 3, interrupted: 130, bug: 70 } as const;
 
@@ -156,9 +158,21 @@ async function planCommand(file: string, values: Record<string, unknown>, io: Cl
   const cacheDir = path.resolve(io.cwd, (values['cache-dir'] as string | undefined) ?? defaultCacheDir(io.env));
   const outputs = parseOutputs((values.output as string[] | undefined) ?? [], values.out as string | undefined, false);
   const ownDirs = [...(outputs.ociDir === undefined ? [] : [outputs.ociDir]), ...outputs.archives.map((a) => a.file)].map((p) => path.resolve(io.cwd, p));
-  const plan = await planBuild(spec, { cacheDir, ownDirs, targets, sourceDateEpoch: sourceDateEpoch(io.env) });
-  io.stdout.write(planReport(plan, format));
-  return EXIT.ok;
+  // A registry cache's records bundle lands in a store of its own: a plan writes nothing to the cache.
+  const scratch = await mkdtemp(path.join(os.tmpdir(), 'layergraph-plan-'));
+  try {
+    const client = new RegistryClient(registryOptions(values, io));
+    const scratchStore = new ContentStore(scratch);
+    const cacheFrom = ((values['cache-from'] as string[] | undefined) ?? []).map((c) => {
+      const ref = parseCacheRef(c, '--cache-from', io.cwd);
+      return ref.kind === 'dir' ? dirImport(ref.path) : registryImport(ref.ref, client, scratchStore);
+    });
+    const plan = await planBuild(spec, { cacheDir, ownDirs, targets, sourceDateEpoch: sourceDateEpoch(io.env), cacheFrom, registry: () => client });
+    io.stdout.write(planReport(plan, format));
+    return EXIT.ok;
+  } finally {
+    await rm(scratch, { recursive: true, force: true });
+  }
 }
 
 function targetsOf(spec: BuildSpec, values: Record<string, unknown>): string[] {

@@ -32,7 +32,11 @@ export function summarizePlan(plan: BuildPlan): PlanSummary {
 
 /** One line per step: `image/step`, HIT / MISS / UNKNOWN, and why; then a summary line. */
 function planText(plan: BuildPlan): string {
-  const rows = plan.steps.map((s) => [`${s.image}/${s.step}`, s.status.toUpperCase(), s.reason.split('\n')[0]!]);
+  const rows = plan.steps.map((s) => [
+    `${s.image}/${s.step}`,
+    s.status.toUpperCase(),
+    s.cacheSource && s.cacheSource !== 'local' ? `from ${s.cacheSource}` : s.reason.split('\n')[0]!,
+  ]);
   const widths = [0, 1].map((c) => Math.max(0, ...rows.map((r) => r[c]!.length)));
   const lines = rows.map((r) => `${r[0]!.padEnd(widths[0]!)}  ${r[1]!.padEnd(widths[1]!)}  ${r[2]}`.trimEnd());
   const s = summarizePlan(plan);
@@ -57,6 +61,7 @@ function planJson(plan: BuildPlan): string {
           key: s.key,
           layer: s.layer ? { digest: s.layer.digest, diffId: s.layer.diffId, size: s.layer.size } : null,
           savedMs: s.savedMs,
+          ...(s.cacheSource ? { cacheSource: s.cacheSource } : {}),
         })),
         edges: plan.edges,
         summary: summarizePlan(plan),
