@@ -137,6 +137,27 @@ describe.skipIf(!ready)('building with a registry', () => {
     expect(res.report.pushed?.[0]?.digest).toBe(res.report.images[0]!.manifestDigest);
   });
 
+  it('keeps hits it never downloaded in the cache it writes, and pushes them to a repository that lacks them', async () => {
+    const from = `registry:${host}/cache/app:main`;
+    const to = `registry:${host}/cache/app:relay`;
+    await writeFile(path.join(work, 'ctx', 'relay.yaml'), (await readFile(path.join(work, 'ctx', 'app.yaml'), 'utf8')).replace('team/app:1', 'elsewhere/app:1'));
+    const relay = await build('relay.yaml', 'cache-relay', ['--cache-from', from, '--cache-to', to, '--push']);
+    expect(relay.exitCode, relay.stderr).toBe(0);
+    expect(relay.report.steps.map((s) => s.cacheSource)).toEqual(['registry', 'registry']);
+    const again = await build('app.yaml', 'cache-relay2', ['--out', path.join(work, 'o-relay'), '--cache-from', to]);
+    expect(again.report.steps.map((s) => [s.status, s.cacheSource])).toEqual([
+      ['hit', 'registry'],
+      ['hit', 'registry'],
+    ]);
+  });
+
+  it('refuses --push when no tag names a registry, before building', async () => {
+    await writeFile(path.join(work, 'ctx', 'local.yaml'), 'version: 1\nimages:\n  small:\n    tags: ["small:dev"]\n    steps:\n      - {id: src, copy: src/, to: /app/}\n');
+    const res = await build('local.yaml', 'cache-local', ['--push']);
+    expect(res.exitCode).toBe(2);
+    expect(res.stderr).toMatch(/--push: no image has a tag that names a registry/);
+  });
+
   it('shares its cache through a directory too', async () => {
     const dir = `dir:${path.join(work, 'shared-cache')}`;
     expect((await build('app.yaml', 'cache-e', ['--out', path.join(work, 'o4'), '--cache-to', dir])).exitCode).toBe(0);
@@ -145,6 +166,26 @@ describe.skipIf(!ready)('building with a registry', () => {
       ['hit', 'dir'],
       ['hit', 'dir'],
     ]);
+  });
+
+  it('never takes a record whose layer is missing or whose diffID is wrong from a shared directory', async () => {
+    const shared = path.join(work, 'shared-bad');
+    expect((await build('app.yaml', 'cache-h', ['--out', path.join(work, 'o7'), '--cache-to', `dir:${shared}`])).exitCode).toBe(0);
+    const records = await readdir(path.join(shared, 'records'));
+    // One record's layer is gone: that step is simply not a hit.
+    const first = JSON.parse(await readFile(path.join(shared, 'records', records[0]!), 'utf8')) as { layer: { digest: string } };
+    await rm(path.join(shared, 'blobs', 'sha256', first.layer.digest.slice('sha256:'.length)));
+    const missing = await build('app.yaml', 'cache-i', ['--out', path.join(work, 'o8'), '--cache-from', `dir:${shared}`]);
+    expect(missing.exitCode, missing.stderr).toBe(0);
+    expect(missing.report.steps.filter((s) => s.status === 'miss')).toHaveLength(1);
+    // A record that misdescribes its layer fails the build, naming the cache, instead of writing a broken image.
+    const second = path.join(shared, 'records', records[1]!);
+    const rec = JSON.parse(await readFile(second, 'utf8')) as { layer: { diffId: string } };
+    rec.layer.diffId = `sha256:${'0'.repeat(64)}`;
+    await writeFile(second, JSON.stringify(rec));
+    const lying = await build('app.yaml', 'cache-j', ['--out', path.join(work, 'o9'), '--cache-from', `dir:${shared}`]);
+    expect(lying.exitCode).toBe(1);
+    expect(lying.stderr).toMatch(/shared cache dir:.*unpacks to diffID sha256:[0-9a-f]{64}, but its record says sha256:0{64}/);
   });
 });
 

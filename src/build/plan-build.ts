@@ -292,10 +292,15 @@ class Planner {
       base = ext.layers;
     }
     const states = await Promise.all(this.graph.layerOrder.get(name)!.map((s) => this.state(image, s)));
-    const waits = states.filter((s) => s.planned.status !== 'hit');
+    // A hit from a shared cache has its layer there, not here: the files a copy would read are not at hand.
+    const waits = states.filter((s) => s.planned.status !== 'hit' || (s.planned.cacheSource !== undefined && s.planned.cacheSource !== 'local'));
     if (waits.length) {
       return {
-        waitsFor: union(waits.map((s) => (s.planned.status === 'miss' ? [nodeId(s.planned.image, s.planned.step)] : (s.chain as { waitsFor: string[] }).waitsFor ?? []))),
+        waitsFor: union(
+          waits.map((s) =>
+            s.planned.status === 'miss' || s.planned.status === 'hit' ? [nodeId(s.planned.image, s.planned.step)] : ((s.chain as { waitsFor: string[] }).waitsFor ?? []),
+          ),
+        ),
       };
     }
     return { layers: [...base, ...states.map((s) => s.planned.layer).filter((l): l is LayerRef => l !== null)] };

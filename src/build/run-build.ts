@@ -46,8 +46,8 @@ import { pickRuntime, type RuntimeName } from '../exec/run-in-root.js';
 import { openSnapshotter, type Snapshotter, type SnapshotterName } from '../snapshot/snapshotter.js';
 import { RegistryClient, type RegistryClientOptions } from '../registry/client.js';
 import { parseImageReference, type ImageReference } from '../registry/reference.js';
-import { pushImages, type PushedTag } from './push-images.js';
-import { dirExport, dirImport, type CacheImport, type CacheRef, type CacheSourceKind } from '../cache/shared-cache.js';
+import { pushImages, registryTags, type PushedTag } from './push-images.js';
+import { dirExport, dirImport, fetchChecked, trustworthy, type CacheImport, type CacheRef, type CacheSourceKind } from '../cache/shared-cache.js';
 import { registryExport, registryImport } from '../cache/registry-cache.js';
 
 export interface BuildOptions {
@@ -151,6 +151,9 @@ class BuildRun {
   private execution: Promise<{ snapshotter: Snapshotter; runtime: RuntimeName }> | undefined;
   private registryClient: RegistryClient | undefined;
   private cacheImports: Array<CacheImport & { origin?: ImageReference }> | undefined;
+  private readonly brokenImports = new Set<CacheImport>();
+  /** Records of this run's hits from shared caches, by key. */
+  private readonly sharedHits = new Map<string, StepRecord>();
   /** Blobs pulled from a registry, and from where. */
   private readonly blobOrigins = new Map<string, ImageReference>();
   private readonly externals = new Map<string, Promise<{ image: BaseImage; dirs: DirMeta }>>();
@@ -180,10 +183,12 @@ class BuildRun {
 
   async execute(): Promise<BuildResult> {
     await sweepStale(this.opts.cacheDir);
-    const own = [this.opts.cacheDir, ...(this.opts.outDir ? [this.opts.outDir] : []), ...(this.opts.archives ?? []).map((a) => a.file)];
+    const sharedDirs = [...(this.opts.cacheFrom ?? []), ...(this.opts.cacheTo ? [this.opts.cacheTo] : [])].flatMap((c) => (c.kind === 'dir' ? [c.path] : []));
+    const own = [this.opts.cacheDir, ...(this.opts.outDir ? [this.opts.outDir] : []), ...(this.opts.archives ?? []).map((a) => a.file), ...sharedDirs];
     this.filter = await loadContextFilter(this.spec.context, own);
     // Every source problem at once, before any work.
     await validateSources(this.spec, this.images, this.filter);
+    this.checkPush();
     await mkdir(this.tmpRoot, { recursive: true });
     this.emit({ type: 'plan', steps: this.images.flatMap((img) => img.steps.map((s) => ({ image: img.name, step: s.id }))) });
     try {
@@ -218,20 +223,22 @@ class BuildRun {
     }
 
     const outputs = this.opts.targets.length ? this.images.filter((i) => this.opts.targets.includes(i.name)) : this.images;
-    const images = await assembleImages({
-      store: this.store,
-      images: this.images,
-      outputs,
-      layerOrder: this.layerOrder,
-      layerOf: (image, step) => this.task(image, step).layer,
-      externalBase: async (image) => (await this.external(image)).image,
-      outDir: this.opts.outDir,
-      archives: this.opts.archives ?? [],
-      sourceDateEpoch: this.opts.sourceDateEpoch,
-    });
+    let images: BuiltImage[] = [];
     let pushed: PushedTag[];
     let cacheExport: BuildResult['cacheExport'];
     try {
+      // Writing the outputs is where a shared-cache hit's layer is first read (fetched): it can fail here too.
+      images = await assembleImages({
+        store: this.store,
+        images: this.images,
+        outputs,
+        layerOrder: this.layerOrder,
+        layerOf: (image, step) => this.task(image, step).layer,
+        externalBase: async (image) => (await this.external(image)).image,
+        outDir: this.opts.outDir,
+        archives: this.opts.archives ?? [],
+        sourceDateEpoch: this.opts.sourceDateEpoch,
+      });
       cacheExport = await this.exportCache(steps);
       pushed = await pushImages(images, this.images, this.opts.push ?? false, this.store, () => this.registry(), (d) => this.blobOrigins.get(d));
     } catch (err) {
@@ -387,6 +394,20 @@ class BuildRun {
     return this.configs.below(image);
   }
 
+  /** A push that would push nothing is a mistake to say before building, not after. */
+  private checkPush(): void {
+    const outputs = this.opts.targets.length ? this.images.filter((i) => this.opts.targets.includes(i.name)) : this.images;
+    const without = outputs.filter((i) => i.push && registryTags(i.tags).length === 0);
+    if (without.length) {
+      throw new ConfigError(
+        without.map((i) => ({ pos: i.pos, path: `images.${i.name}.push`, message: `image \`${i.name}\` says push: true, but none of its tags names a registry (like \`registry.example.com/team/${i.name}:1\`)` })),
+      );
+    }
+    if (this.opts.push && !outputs.some((i) => registryTags(i.tags).length)) {
+      throw new UsageError('--push: no image has a tag that names a registry (like `registry.example.com/team/app:1`); nothing would be pushed');
+    }
+  }
+
   /** One client for every registry of the run (pulls, pushes, the shared cache), made when first needed. */
   private registry(): RegistryClient {
     this.registryClient ??= new RegistryClient(this.opts.registry ?? {});
@@ -467,7 +488,7 @@ class BuildRun {
       reason = 'cached layer failed its digest check';
       await this.records.remove(key);
     } else {
-      const shared = await this.sharedRecord(key);
+      const shared = await this.sharedRecord(key, image.name, step.id);
       if (shared) return { status: 'hit', reason: '', layer: shared.record.layer, savedMs: shared.record.buildMs, source: shared.kind };
       reason = explainMiss((await this.lastRecord(image.name, step.id))?.material, material);
     }
@@ -485,22 +506,40 @@ class BuildRun {
    * there, never does — and then the record is kept locally too, so the next
    * run hits without asking again.
    */
-  private async sharedRecord(key: string): Promise<{ record: StepRecord; kind: CacheSourceKind } | undefined> {
+  private async sharedRecord(key: string, image: string, step: string): Promise<{ record: StepRecord; kind: CacheSourceKind } | undefined> {
     for (const source of this.imports()) {
-      const record = await source.record(key);
-      if (!record) continue;
+      const record = await this.ask(source, () => source.record(key));
+      if (!record || !(await trustworthy(record, key))) continue;
+      this.sharedHits.set(key, record);
       const layer = record.layer;
       if (layer) {
         if (source.origin) this.blobOrigins.set(layer.digest, source.origin);
         this.store.addRemote(layer.digest, async () => {
-          await source.fetchLayer(layer, this.store);
+          await fetchChecked(source, record, layer, this.store);
           await this.records.put(record);
         });
       } else await this.records.put(record);
-      await this.records.setLast(record.image, record.step, key);
+      await this.records.setLast(image, step, key);
       return { record, kind: source.kind };
     }
     return undefined;
+  }
+
+  /**
+   * A shared cache that cannot be read (unreachable, another format) is
+   * left out of the rest of the build, with a note: the build goes on
+   * without it, as BuildKit does with a cache import it cannot use.
+   */
+  private async ask<T>(source: CacheImport, question: () => Promise<T>): Promise<T | undefined> {
+    if (this.brokenImports.has(source)) return undefined;
+    try {
+      return await question();
+    } catch (err) {
+      if (!(err instanceof LayergraphError)) throw err;
+      this.brokenImports.add(source);
+      this.emit({ type: 'note', text: `shared cache ${source.label} not used: ${err.message}` });
+      return undefined;
+    }
   }
 
   /** What this image/step was last built as: here, or else where a shared cache was written. */
@@ -508,7 +547,7 @@ class BuildRun {
     const local = await this.records.lastFor(image, step);
     if (local) return local;
     for (const source of this.imports()) {
-      const shared = await source.lastFor(image, step);
+      const shared = await this.ask(source, () => source.lastFor(image, step));
       if (shared) return shared;
     }
     return undefined;
@@ -527,7 +566,8 @@ class BuildRun {
     if (!to) return undefined;
     const records: StepRecord[] = [];
     for (const key of new Set(steps.map((s) => s.key).filter(Boolean))) {
-      const record = await this.records.get(key);
+      // A shared hit never read (pushed where it was) has no local record: it is still part of this build.
+      const record = (await this.records.get(key)) ?? this.sharedHits.get(key);
       if (record) records.push(record);
     }
     const exporter = to.kind === 'dir' ? dirExport(to.path) : registryExport(to.ref, this.registry(), (d) => this.blobOrigins.get(d));

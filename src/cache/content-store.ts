@@ -77,6 +77,11 @@ export class ContentStore {
     return out;
   }
 
+  /** Forget a blob (one found to be wrong). */
+  async remove(digest: string): Promise<void> {
+    await rm(this.blobPath(digest), { force: true });
+  }
+
   /** A small blob (manifest, config) whole. */
   async bytes(digest: string): Promise<Buffer> {
     await this.ensure(digest);
@@ -85,6 +90,9 @@ export class ContentStore {
 
   /** Stream bytes into the store. With `expected`, a mismatch removes the staging file and throws. */
   async ingest(source: Readable, expected?: string): Promise<BlobInfo> {
+    // The pipeline below attaches only after an await: an error the source
+    // emits before then (a missing file) must not go unheard and crash the process.
+    source.on('error', () => undefined);
     const ingestDir = path.join(this.root, 'ingest');
     await mkdir(ingestDir, { recursive: true });
     // Named by its writer so a later run can tell a crashed writer's leftovers from a live one's.

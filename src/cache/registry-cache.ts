@@ -10,7 +10,7 @@
 import type { ContentStore } from './content-store.js';
 import type { LayerRef, StepRecord } from './step-records.js';
 import type { CacheExport, CacheImport } from './shared-cache.js';
-import { RegistryError } from '../errors.js';
+import { RegistryError, UsageError } from '../errors.js';
 import { MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_MANIFEST } from '../oci/media-types.js';
 import type { RegistryClient } from '../registry/client.js';
 import { parseImageReference, type ImageReference } from '../registry/reference.js';
@@ -20,7 +20,10 @@ const RECORDS_MEDIA_TYPE = 'application/vnd.layergraph.cache.records.v1+json';
 const EMPTY_MEDIA_TYPE = 'application/vnd.oci.empty.v1+json';
 const EMPTY = Buffer.from('{}');
 
+const BUNDLE_VERSION = 1;
+
 interface Bundle {
+  bundleVersion: typeof BUNDLE_VERSION;
   records: StepRecord[];
   /** `image/step` → the key it had when the cache was written. */
   last: Record<string, string>;
@@ -38,17 +41,23 @@ export function registryImport(refText: string, client: RegistryClient, store: C
       });
       const map = Object.assign(new Map<string, StepRecord>(), { last: {} as Record<string, string> });
       if (!manifest) return map;
-      const parsed = JSON.parse(manifest.bytes.toString('utf8')) as { layers?: Array<{ mediaType: string; digest: string; size: number }> };
+      const parsed = JSON.parse(manifest.bytes.toString('utf8')) as { artifactType?: string; layers?: Array<{ mediaType: string; digest: string; size: number }> };
       const records = parsed.layers?.find((l) => l.mediaType === RECORDS_MEDIA_TYPE);
-      if (!records) return map;
+      if (parsed.artifactType !== CACHE_ARTIFACT_TYPE || !records) {
+        throw new UsageError(`registry:${refText} is not a layergraph cache (artifactType ${parsed.artifactType ?? 'none'})`);
+      }
       await client.pullBlob(ref, records, store);
-      const data = JSON.parse((await store.bytes(records.digest)).toString('utf8')) as Bundle;
+      const data = JSON.parse((await store.bytes(records.digest)).toString('utf8')) as Partial<Bundle>;
+      if (data.bundleVersion !== BUNDLE_VERSION || !Array.isArray(data.records) || typeof data.last !== 'object' || data.last === null) {
+        throw new UsageError(`registry:${refText} holds a cache of another format (bundle version ${String(data.bundleVersion)}); this layergraph reads version ${BUNDLE_VERSION}`);
+      }
       for (const r of data.records) map.set(r.key, r);
       map.last = data.last;
       return map;
     })());
   return {
     kind: 'registry',
+    label: `registry:${refText}`,
     origin: ref,
     record: async (key) => (await load()).get(key),
     lastFor: async (image, step) => {
@@ -75,7 +84,7 @@ export function registryExport(refText: string, client: RegistryClient, mountFro
         const hint = origin?.registry === ref.registry && origin.repository !== ref.repository ? { mountFrom: origin.repository } : {};
         if ((await client.pushBlob(ref, layer.digest, layer.size, store, hint)) === 'uploaded') copied++;
       }
-      const bundle: Bundle = { records, last: Object.fromEntries(records.map((r) => [`${r.image}/${r.step}`, r.key])) };
+      const bundle: Bundle = { bundleVersion: BUNDLE_VERSION, records, last: Object.fromEntries(records.map((r) => [`${r.image}/${r.step}`, r.key])) };
       const bundleBlob = await store.put(Buffer.from(JSON.stringify(bundle)));
       const empty = await store.put(EMPTY);
       await client.pushBlob(ref, bundleBlob.digest, bundleBlob.size, store);

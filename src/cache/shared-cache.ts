@@ -12,7 +12,10 @@
 import path from 'node:path';
 import { ContentStore } from './content-store.js';
 import { StepRecords, type LayerRef, type StepRecord } from './step-records.js';
-import { UsageError } from '../errors.js';
+import { createHash } from 'node:crypto';
+import { CacheCorruptError, UsageError } from '../errors.js';
+import { uncompressed } from '../oci/layer-apply.js';
+import { stepKey } from './step-key.js';
 
 export type CacheRef = { kind: 'dir'; path: string } | { kind: 'registry'; ref: string };
 
@@ -23,17 +26,52 @@ export type CacheSourceKind = 'local' | CacheRef['kind'];
 export function parseCacheRef(text: string, flag: string, cwd: string): CacheRef {
   const m = /^(dir|registry):(.+)$/.exec(text);
   if (!m) throw new UsageError(`${flag} ${text}: expected dir:<path> or registry:<ref>`);
-  return m[1] === 'dir' ? { kind: 'dir', path: path.resolve(cwd, m[2]!) } : { kind: 'registry', ref: m[2]! };
+  if (m[1] === 'dir') return { kind: 'dir', path: path.resolve(cwd, m[2]!) };
+  if (flag === '--cache-to' && m[2]!.includes('@')) throw new UsageError(`${flag} ${text}: name the cache by a tag (registry:<repo>:<tag>); a digest cannot be written to`);
+  return { kind: 'registry', ref: m[2]! };
 }
 
 export interface CacheImport {
   readonly kind: CacheRef['kind'];
+  /** As the user wrote it, for messages: `dir:<path>`, `registry:<ref>`. */
+  readonly label: string;
   /** The record of `key`, if the shared cache has it. */
   record(key: string): Promise<StepRecord | undefined>;
   /** What this image/step was last built as, where the shared cache was written: to explain a miss. */
   lastFor(image: string, step: string): Promise<StepRecord | undefined>;
   /** Put `layer` into `store`, its digest checked on the way. */
   fetchLayer(layer: LayerRef, store: ContentStore): Promise<void>;
+}
+
+/**
+ * Whether a shared record can stand for `key`: this format, this key, and
+ * key material that hashes to it (a record edited or from another version
+ * of layergraph cannot pass for a hit).
+ */
+export async function trustworthy(record: StepRecord, key: string): Promise<boolean> {
+  return record.recordVersion === 1 && record.key === key && (await stepKey(record.material)) === key;
+}
+
+/**
+ * Fetches a shared hit's layer and checks it all the way: the blob against
+ * its digest (on the way in) and its uncompressed tar against the record's
+ * diffID, so a record cannot put a layer into an image that its config
+ * would misdescribe.
+ */
+export async function fetchChecked(source: CacheImport, record: StepRecord, layer: LayerRef, store: ContentStore): Promise<void> {
+  const what = `layer ${layer.digest} of ${record.image}/${record.step}`;
+  try {
+    await source.fetchLayer(layer, store);
+  } catch (err) {
+    throw new CacheCorruptError(`shared cache ${source.label}: cannot fetch ${what}: ${(err as Error).message}`);
+  }
+  const hash = createHash('sha256');
+  for await (const chunk of await uncompressed(store.read(layer.digest))) hash.update(chunk as Buffer);
+  const diffId = `sha256:${hash.digest('hex')}`;
+  if (diffId !== layer.diffId) {
+    await store.remove(layer.digest);
+    throw new CacheCorruptError(`shared cache ${source.label}: ${what} unpacks to diffID ${diffId}, but its record says ${layer.diffId}`);
+  }
 }
 
 export interface CacheExport {
@@ -46,7 +84,12 @@ export function dirImport(dir: string): CacheImport {
   const blobs = new ContentStore(dir);
   return {
     kind: 'dir',
-    record: (key) => records.get(key),
+    label: `dir:${dir}`,
+    // A record whose layer is not there is no hit.
+    record: async (key) => {
+      const record = await records.get(key);
+      return record && (!record.layer || (await blobs.has(record.layer.digest))) ? record : undefined;
+    },
     lastFor: (image, step) => records.lastFor(image, step),
     fetchLayer: async (layer, store) => {
       if (await store.has(layer.digest)) return;

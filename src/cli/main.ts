@@ -157,16 +157,15 @@ async function planCommand(file: string, values: Record<string, unknown>, io: Cl
   // Only read: a plan creates no cache directory, not even an empty one.
   const cacheDir = path.resolve(io.cwd, (values['cache-dir'] as string | undefined) ?? defaultCacheDir(io.env));
   const outputs = parseOutputs((values.output as string[] | undefined) ?? [], values.out as string | undefined, false);
-  const ownDirs = [...(outputs.ociDir === undefined ? [] : [outputs.ociDir]), ...outputs.archives.map((a) => a.file)].map((p) => path.resolve(io.cwd, p));
+  const cacheFromRefs = ((values['cache-from'] as string[] | undefined) ?? []).map((c) => parseCacheRef(c, '--cache-from', io.cwd));
+  const sharedDirs = cacheFromRefs.flatMap((c) => (c.kind === 'dir' ? [c.path] : []));
+  const ownDirs = [...(outputs.ociDir === undefined ? [] : [outputs.ociDir]), ...outputs.archives.map((a) => a.file), ...sharedDirs].map((p) => path.resolve(io.cwd, p));
   // A registry cache's records bundle lands in a store of its own: a plan writes nothing to the cache.
   const scratch = await mkdtemp(path.join(os.tmpdir(), 'layergraph-plan-'));
   try {
     const client = new RegistryClient(registryOptions(values, io));
     const scratchStore = new ContentStore(scratch);
-    const cacheFrom = ((values['cache-from'] as string[] | undefined) ?? []).map((c) => {
-      const ref = parseCacheRef(c, '--cache-from', io.cwd);
-      return ref.kind === 'dir' ? dirImport(ref.path) : registryImport(ref.ref, client, scratchStore);
-    });
+    const cacheFrom = cacheFromRefs.map((ref) => (ref.kind === 'dir' ? dirImport(ref.path) : registryImport(ref.ref, client, scratchStore)));
     const plan = await planBuild(spec, { cacheDir, ownDirs, targets, sourceDateEpoch: sourceDateEpoch(io.env), cacheFrom, registry: () => client });
     io.stdout.write(planReport(plan, format));
     return EXIT.ok;

@@ -28,11 +28,13 @@ export async function uploadBlob(
   mountFrom?: string,
 ): Promise<PushOutcome> {
   if (await blobExists(transport, repo, digest, pushScopes(repo, mountFrom))) return 'present';
+  const started = await startUpload(transport, repo, digest, mountFrom);
+  if (started.mounted) return 'mounted';
+  // Only now are the bytes needed: a blob the store knows but has not fetched yet (a shared-cache hit) comes in here.
+  await store.ensure(digest);
   if (!(await store.has(digest))) {
     throw new CacheCorruptError(`blob ${digest} is not in the content store ${store.root}, so it cannot be pushed to ${repo.registry}/${repo.repository}`);
   }
-  const started = await startUpload(transport, repo, digest, mountFrom);
-  if (started.mounted) return 'mounted';
   const subject = blobSubject(repo, digest);
   const target = new URL(started.location, transport.baseUrl(repo.registry));
   target.searchParams.set('digest', digest);
