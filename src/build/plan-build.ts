@@ -18,6 +18,7 @@
 import { createHash } from 'node:crypto';
 import { access, mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { ContentStore, type BlobInfo } from '../cache/content-store.js';
@@ -116,7 +117,7 @@ class Planner {
   private readonly imageKeys = new Map<string, Promise<Chain>>();
   private readonly externals = new Map<string, Promise<BaseImage>>();
   private filter!: ContextFilter;
-  /** A registry base is pulled here, outside the cache (its config is read back from it). */
+  /** A registry base is pulled here, outside the cache (what the cache has is read from there, not downloaded). */
   private readonly pulled: ContentStore;
 
   constructor(
@@ -133,7 +134,7 @@ class Planner {
       (image) => this.external(image).then((b) => b.config),
     );
     this.snapshots = new SnapshotCache(path.join(tmp, 'cache'), this.store, () => tmp);
-    this.pulled = new ContentStore(path.join(tmp, 'pulled'));
+    this.pulled = new ReadThroughStore(path.join(tmp, 'pulled'), this.store);
   }
 
   async plan(): Promise<BuildPlan> {
@@ -336,6 +337,28 @@ function union(lists: string[][]): string[] {
  * asks it to keep the base's blobs; here they are checked against their
  * digests as an import would, and dropped.
  */
+/** A scratch store that reads what the cache already has from the cache. */
+class ReadThroughStore extends ContentStore {
+  constructor(
+    root: string,
+    private readonly cache: ContentStore,
+  ) {
+    super(root);
+  }
+
+  override async has(digest: string): Promise<boolean> {
+    return (await this.cache.has(digest)) || super.has(digest);
+  }
+
+  override read(digest: string): Readable {
+    return existsSync(this.cache.blobPath(digest)) ? this.cache.read(digest) : super.read(digest);
+  }
+
+  override async bytes(digest: string): Promise<Buffer> {
+    return (await this.cache.has(digest)) ? this.cache.bytes(digest) : super.bytes(digest);
+  }
+}
+
 class ReadOnlyStore extends ContentStore {
   override async ingest(source: Readable, expected?: string): Promise<BlobInfo> {
     const hash = createHash('sha256');
