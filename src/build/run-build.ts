@@ -23,6 +23,7 @@ import { StepRecords, type LayerRef, type StepRecord } from '../cache/step-recor
 import type { BuildSpec, CopyStep, ImageSpec, RunStep, StepSpec } from '../config/types.js';
 import { loadContextFilter, NO_FILTER, type ContextFilter } from '../context/context-filter.js';
 import { ContentHasher } from '../context/file-hasher.js';
+import { StatCache } from '../context/stat-cache.js';
 import { ConfigError, LayergraphError, StepError, UsageError } from '../errors.js';
 import { layerDirs, type BaseImage } from '../oci/base-image.js';
 import type { RuntimeConfig } from '../oci/image-config.js';
@@ -88,6 +89,8 @@ export interface BuildResult {
   error?: Error;
   /** What ran `run` steps, when any missed. */
   execution?: { snapshotter: SnapshotterName; runtime: RuntimeName };
+  /** Input files whose content was read to key the steps (a no-op rebuild reads none: the stat cache vouches for them). */
+  filesRead?: number;
   /** What `--cache-to` wrote. */
   cacheExport?: { to: string; records: number; blobs: number; bytes: number };
   /** Tags pushed to registries, with the manifest digest each now names. */
@@ -139,7 +142,7 @@ class BuildRun {
   private readonly store: ContentStore;
   private readonly records: StepRecords;
   private readonly snapshots: SnapshotCache;
-  private readonly hasher = new ContentHasher();
+  private readonly hasher: ContentHasher;
   private readonly jobs: Semaphore;
   private readonly tmpRoot: string;
   private readonly results = new Map<string, StepResult>();
@@ -170,6 +173,7 @@ class BuildRun {
     this.images = imagesFor(spec, opts.targets);
     this.store = new ContentStore(opts.cacheDir);
     this.records = new StepRecords(opts.cacheDir);
+    this.hasher = new ContentHasher(StatCache.in(opts.cacheDir));
     this.configs = new BaseConfigs(
       (name) => this.images.find((i) => i.name === name)!,
       (image) => this.external(image).then((b) => b.image.config),
@@ -205,12 +209,14 @@ class BuildRun {
       await Promise.allSettled([...this.tasks.values()].flatMap((t) => [t.keyed, t.layer]));
     } finally {
       await removeTree(this.tmpRoot);
+      // Only a speed-up for the next run: not worth failing this one over.
+      await this.hasher.save().catch(() => undefined);
     }
     this.reportSkipped();
     const steps = this.images.flatMap((img) => img.steps.map((s) => this.results.get(nodeId(img.name, s.id))!));
     const execution = await this.executionUsed();
     const error = this.firstError?.error ?? (this.opts.signal?.aborted ? new LayergraphError('STEP_FAILED', 'build interrupted') : undefined);
-    if (error) return { images: [], steps, durationMs: this.now(), error, execution, merges: [], transfer: this.transfer() };
+    if (error) return { images: [], steps, durationMs: this.now(), error, execution, merges: [], transfer: this.transfer(), filesRead: this.hasher.reads };
 
     const merges: BuildResult['merges'] = [];
     try {
@@ -219,7 +225,7 @@ class BuildRun {
         merges.push(...choices.map((c) => ({ image: image.name, ...c })));
       }
     } catch (err) {
-      return { images: [], steps, durationMs: this.now(), error: err as Error, execution, merges, transfer: this.transfer() };
+      return { images: [], steps, durationMs: this.now(), error: err as Error, execution, merges, transfer: this.transfer(), filesRead: this.hasher.reads };
     }
 
     const outputs = this.opts.targets.length ? this.images.filter((i) => this.opts.targets.includes(i.name)) : this.images;
@@ -242,9 +248,9 @@ class BuildRun {
       cacheExport = await this.exportCache(steps);
       pushed = await pushImages(images, this.images, this.opts.push ?? false, this.store, () => this.registry(), (d) => this.blobOrigins.get(d));
     } catch (err) {
-      return { images, steps, durationMs: this.now(), error: err as Error, execution, merges, transfer: this.transfer() };
+      return { images, steps, durationMs: this.now(), error: err as Error, execution, merges, transfer: this.transfer(), filesRead: this.hasher.reads };
     }
-    return { images, steps, durationMs: this.now(), execution, merges, transfer: this.transfer(), ...(pushed.length ? { pushed } : {}), ...(cacheExport ? { cacheExport } : {}) };
+    return { images, steps, durationMs: this.now(), execution, merges, transfer: this.transfer(), filesRead: this.hasher.reads, ...(pushed.length ? { pushed } : {}), ...(cacheExport ? { cacheExport } : {}) };
   }
 
   private prepareStep(image: ImageSpec, step: StepSpec): { task: StepTask; start: () => void } {

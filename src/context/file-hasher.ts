@@ -1,13 +1,13 @@
 /**
- * Content hashes of input files. The seam is `(path, stat) → hash` so that a
- * persistent stat cache (size, mtime, inode, ctime → hash) can be put in
- * front later without touching callers; today each file is read once per run
- * (concurrent asks for the same file share one read).
+ * Content hashes of input files: `(path, stat) → hash`. A file whose stat
+ * the stat cache knows is not read at all; any other is read once per run
+ * (concurrent asks for the same file share one read), and its hash kept.
  */
 import type { Stats } from 'node:fs';
 import { createReadStream } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { getXXHash, toHex64 } from '../util/xxhash.js';
+import { StatCache } from './stat-cache.js';
 
 export interface FileHasher {
   hash(absPath: string, st: Stats): Promise<string>;
@@ -15,15 +15,30 @@ export interface FileHasher {
 
 export class ContentHasher implements FileHasher {
   private readonly inflight = new Map<string, Promise<string>>();
+  /** Files whose content this run read (a no-op rebuild reads none). */
+  reads = 0;
+
+  constructor(private readonly stats: StatCache = StatCache.none()) {}
 
   hash(absPath: string, st: Stats): Promise<string> {
     const id = `${absPath}\0${st.size}\0${st.mtimeMs}\0${st.ino}\0${st.ctimeMs}`;
     let p = this.inflight.get(id);
     if (!p) {
-      p = hashContent(absPath, st.size);
+      p = this.stats.lookup(absPath, st).then(async (known) => {
+        if (known) return known;
+        this.reads++;
+        const hash = await hashContent(absPath, st.size);
+        this.stats.remember(absPath, st, hash);
+        return hash;
+      });
       this.inflight.set(id, p);
     }
     return p;
+  }
+
+  /** Keeps what this run hashed for the next one. */
+  save(): Promise<void> {
+    return this.stats.save();
   }
 }
 

@@ -110,6 +110,7 @@ export function jsonReport(result: BuildResult): string {
           durationMs: s.durationMs,
           savedMs: s.savedMs,
           ...(s.pulledBytes !== undefined ? { pulledBytes: s.pulledBytes, pushedBytes: s.pushedBytes } : {}),
+          ...(result.filesRead !== undefined ? { filesRead: result.filesRead } : {}),
         },
         ...(result.error ? { error: result.error.message } : {}),
       },
