@@ -151,6 +151,19 @@ describe.skipIf(!ready)('building with a registry', () => {
     ]);
   });
 
+  it('builds without a shared cache it cannot use, saying so', async () => {
+    // An image, not a cache: the build goes on as if there were no shared cache.
+    const reportFile = path.join(work, 'r-notcache.json');
+    const res = await runCli([
+      'run', path.join(work, 'ctx', 'app.yaml'), '--cache-dir', path.join(work, 'cache-notcache'), '--out', path.join(work, 'o-notcache'),
+      '--cache-from', `registry:${host}/team/app:1`, '--progress', 'plain', '--report', reportFile,
+    ]);
+    expect(res.exitCode, res.stderr).toBe(0);
+    expect(res.stderr).toMatch(new RegExp(`shared cache registry:${host}/team/app:1 not used: .*is not a layergraph cache`));
+    const report = JSON.parse(await readFile(reportFile, 'utf8')) as Report;
+    expect(report.steps.map((s) => s.status)).toEqual(['miss', 'miss']);
+  });
+
   it('refuses --push when no tag names a registry, before building', async () => {
     await writeFile(path.join(work, 'ctx', 'local.yaml'), 'version: 1\nimages:\n  small:\n    tags: ["small:dev"]\n    steps:\n      - {id: src, copy: src/, to: /app/}\n');
     const res = await build('local.yaml', 'cache-local', ['--push']);

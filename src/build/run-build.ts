@@ -541,9 +541,9 @@ class BuildRun {
     try {
       return await question();
     } catch (err) {
-      if (!(err instanceof LayergraphError)) throw err;
+      // Whatever went wrong (a registry down, a bundle that does not parse), only this cache is lost, not the build.
       this.brokenImports.add(source);
-      this.emit({ type: 'note', text: `shared cache ${source.label} not used: ${err.message}` });
+      this.emit({ type: 'note', text: `shared cache ${source.label} not used: ${(err as Error).message}` });
       return undefined;
     }
   }
