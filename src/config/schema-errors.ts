@@ -5,7 +5,9 @@
  * Each schema node carries `x-expected`, the phrase after "expected".
  */
 import { readFileSync } from 'node:fs';
-import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import { createRequire } from 'node:module';
+import type { ErrorObject, ValidateFunction } from 'ajv';
+import { AJV_OPTIONS, PRECOMPILED, VOCABULARY } from './schema-options.js';
 import { isScalar } from 'yaml';
 import type { ConfigIssue } from '../errors.js';
 import { formatPath, isStepPath, nameOfMapping, type Segment, type SourceFile } from './positions.js';
@@ -83,14 +85,30 @@ interface SchemaNode {
 
 let compiled: ValidateFunction | undefined;
 
+/**
+ * The schema's validator: the one the build precompiled next to this module
+ * when there is one (no ajv to load, nothing to compile), else compiled here
+ * (running from the sources, as the unit tests do) with the same options.
+ */
 function validator(): ValidateFunction {
   if (!compiled) {
-    const schema = JSON.parse(readFileSync(new URL('../../schemas/build.schema.json', import.meta.url), 'utf8')) as object;
-    const ajv = new Ajv({ allErrors: true, verbose: true, allowUnionTypes: true, strict: true, strictRequired: false });
-    ajv.addVocabulary(['x-expected']);
-    compiled = ajv.compile(schema);
+    const require = createRequire(import.meta.url);
+    try {
+      compiled = require(`./${PRECOMPILED}`) as ValidateFunction;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw err;
+      compiled = compileSchema(require);
+    }
   }
   return compiled;
+}
+
+export function compileSchema(require: NodeJS.Require): ValidateFunction {
+  const { Ajv } = require('ajv') as typeof import('ajv');
+  const schema = JSON.parse(readFileSync(new URL('../../schemas/build.schema.json', import.meta.url), 'utf8')) as object;
+  const ajv = new Ajv(AJV_OPTIONS);
+  ajv.addVocabulary(VOCABULARY);
+  return ajv.compile(schema);
 }
 
 /** A JSON pointer as segments, with list indices as numbers (so paths print as `steps[2]`). */
