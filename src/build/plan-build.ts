@@ -80,7 +80,7 @@ export interface PlanOptions {
   /** Shared caches a build would look in (`--cache-from`); only their records are read. */
   cacheFrom?: CacheImport[];
   /** For bases and caches in registries. */
-  registry?: () => RegistryClient;
+  registry?: () => Promise<RegistryClient>;
 }
 
 /**

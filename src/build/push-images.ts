@@ -40,7 +40,7 @@ export async function pushImages(
   specs: ImageSpec[],
   pushAll: boolean,
   store: ContentStore,
-  registry: () => RegistryClient,
+  registry: () => Promise<RegistryClient>,
   knownAt: (digest: string) => ImageReference | undefined,
 ): Promise<PushedTag[]> {
   // Where each blob is known to be, per registry: the repository to mount it from.
@@ -54,7 +54,7 @@ export async function pushImages(
   for (const image of built) {
     const spec = specs.find((s) => s.name === image.name);
     if (!pushAll && !spec?.push) continue;
-    const client = registry();
+    const client = await registry();
     const manifest = await store.bytes(image.manifestDigest);
     const { config, layers } = JSON.parse(manifest.toString('utf8')) as { config: Blob; layers: Blob[] };
     for (const tag of registryTags(image.tags)) {

@@ -42,10 +42,10 @@ import { removeTree, sweepStale } from './sweep.js';
 import { checkMerge, type MergeChoice } from './merge-check.js';
 import { runMaterial, runSettings } from './run-inputs.js';
 import { BaseConfigs, externalChain, imageChainKey, needsChain, needsInLayerOrder, openExternalBase, SCRATCH_CHAIN } from './step-keys.js';
-import { CommandFailedError, CommandStoppedError, runStepLayer } from '../exec/run-step.js';
-import { pickRuntime, type RuntimeName } from '../exec/run-in-root.js';
-import { openSnapshotter, type Snapshotter, type SnapshotterName } from '../snapshot/snapshotter.js';
-import { RegistryClient, type RegistryClientOptions } from '../registry/client.js';
+import { CommandFailedError, CommandStoppedError } from '../exec/command-errors.js';
+import type { RuntimeName } from '../exec/run-in-root.js';
+import type { Snapshotter, SnapshotterName } from '../snapshot/snapshotter.js';
+import type { RegistryClient, RegistryClientOptions } from '../registry/client.js';
 import { parseImageReference, type ImageReference } from '../registry/reference.js';
 import { pushImages, registryTags, type PushedTag } from './push-images.js';
 import { dirExport, dirImport, fetchChecked, trustworthy, type CacheImport, type CacheRef, type CacheSourceKind } from '../cache/shared-cache.js';
@@ -153,6 +153,7 @@ class BuildRun {
   private readonly stop = new AbortController();
   private execution: Promise<{ snapshotter: Snapshotter; runtime: RuntimeName }> | undefined;
   private registryClient: RegistryClient | undefined;
+  private registryLoading: Promise<RegistryClient> | undefined;
   private cacheImports: Array<CacheImport & { origin?: ImageReference }> | undefined;
   private readonly brokenImports = new Set<CacheImport>();
   /** Records of this run's hits from shared caches, by key. */
@@ -340,6 +341,7 @@ class BuildRun {
           working();
           timing.startMs = this.now();
           this.emit({ type: 'step-start', image: image.name, step: step.id, atMs: timing.startMs });
+          const { runStepLayer } = await import('../exec/run-step.js');
           return runStepLayer(
             {
               settings,
@@ -415,9 +417,9 @@ class BuildRun {
   }
 
   /** One client for every registry of the run (pulls, pushes, the shared cache), made when first needed. */
-  private registry(): RegistryClient {
-    this.registryClient ??= new RegistryClient(this.opts.registry ?? {});
-    return this.registryClient;
+  private registry(): Promise<RegistryClient> {
+    this.registryLoading ??= import('../registry/client.js').then(({ RegistryClient }) => (this.registryClient = new RegistryClient(this.opts.registry ?? {})));
+    return this.registryLoading;
   }
 
   private transfer(): BuildResult['transfer'] {
@@ -434,6 +436,8 @@ class BuildRun {
             'Run layergraph as root, or build only images made of copy steps (--target).',
         );
       }
+      // Loaded here, not at start-up: a build of copy steps never runs a command.
+      const [{ openSnapshotter }, { pickRuntime }] = await Promise.all([import('../snapshot/snapshotter.js'), import('../exec/run-in-root.js')]);
       const snapshotter = await openSnapshotter(this.opts.snapshotter ?? 'auto', {
         cacheDir: this.opts.cacheDir,
         store: this.store,
@@ -561,7 +565,7 @@ class BuildRun {
 
   private imports(): Array<CacheImport & { origin?: ImageReference }> {
     this.cacheImports ??= (this.opts.cacheFrom ?? []).map((ref) =>
-      ref.kind === 'dir' ? dirImport(ref.path) : registryImport(ref.ref, this.registry(), this.store),
+      ref.kind === 'dir' ? dirImport(ref.path) : registryImport(ref.ref, () => this.registry(), this.store),
     );
     return this.cacheImports;
   }
@@ -576,7 +580,7 @@ class BuildRun {
       const record = (await this.records.get(key)) ?? this.sharedHits.get(key);
       if (record) records.push(record);
     }
-    const exporter = to.kind === 'dir' ? dirExport(to.path) : registryExport(to.ref, this.registry(), (d) => this.blobOrigins.get(d));
+    const exporter = to.kind === 'dir' ? dirExport(to.path) : registryExport(to.ref, () => this.registry(), (d) => this.blobOrigins.get(d));
     const { blobs, bytes } = await exporter.write(records, this.store);
     return { to: to.kind === 'dir' ? `dir:${to.path}` : `registry:${to.ref}`, records: records.length, blobs, bytes };
   }

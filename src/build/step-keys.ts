@@ -79,7 +79,7 @@ export class BaseConfigs {
  * Read an image's base from outside the file. A base that is missing or not
  * an image is a problem of the build file: the error points at its `from`.
  */
-export async function openExternalBase(image: ImageSpec, store: ContentStore, registry?: () => RegistryClient): Promise<BaseImage> {
+export async function openExternalBase(image: ImageSpec, store: ContentStore, registry?: () => Promise<RegistryClient>): Promise<BaseImage> {
   if (image.from.kind !== 'base') throw new Error(`internal: ${image.name} has no external base`);
   const from = image.from;
   try {

@@ -30,11 +30,12 @@ interface Bundle {
 }
 
 /** Lazy: nothing is fetched until a key is looked up. A cache that does not exist yet is an empty one. */
-export function registryImport(refText: string, client: RegistryClient, store: ContentStore): CacheImport & { origin: ImageReference } {
+export function registryImport(refText: string, registry: () => Promise<RegistryClient>, store: ContentStore): CacheImport & { origin: ImageReference } {
   const ref = parseImageReference(refText);
   let bundle: Promise<Map<string, StepRecord> & { last: Record<string, string> }> | undefined;
   const load = () =>
     (bundle ??= (async () => {
+      const client = await registry();
       const manifest = await client.getManifest(ref).catch((err: unknown) => {
         if (err instanceof RegistryError && err.code === 'REGISTRY_NOT_FOUND') return undefined;
         throw err;
@@ -66,15 +67,16 @@ export function registryImport(refText: string, client: RegistryClient, store: C
       return key ? b.get(key) : undefined;
     },
     fetchLayer: async (layer, into) => {
-      await client.pullBlob(ref, { mediaType: MEDIA_TYPE_LAYER_GZIP, digest: layer.digest, size: layer.size }, into);
+      await (await registry()).pullBlob(ref, { mediaType: MEDIA_TYPE_LAYER_GZIP, digest: layer.digest, size: layer.size }, into);
     },
   };
 }
 
-export function registryExport(refText: string, client: RegistryClient, mountFrom: (digest: string) => ImageReference | undefined): CacheExport {
+export function registryExport(refText: string, registry: () => Promise<RegistryClient>, mountFrom: (digest: string) => ImageReference | undefined): CacheExport {
   const ref = parseImageReference(refText);
   return {
     write: async (records, store) => {
+      const client = await registry();
       const before = client.transferred.pushed;
       const layers = new Map<string, LayerRef>();
       for (const r of records) if (r.layer) layers.set(r.layer.digest, r.layer);

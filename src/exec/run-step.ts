@@ -14,6 +14,7 @@ import type { RunSettings } from '../build/run-inputs.js';
 import type { Snapshotter } from '../snapshot/snapshotter.js';
 import { packUpper } from '../snapshot/upper-pack.js';
 import { runInRoot, type RuntimeName } from './run-in-root.js';
+import { CommandFailedError, CommandStoppedError } from './command-errors.js';
 
 export interface RunRequest {
   settings: RunSettings;
@@ -34,22 +35,6 @@ export interface RunDeps {
   runtime: RuntimeName;
   sourceDateEpoch: number;
 }
-
-/** The command exited non-zero (or was killed by a signal). */
-export class CommandFailedError extends Error {
-  constructor(
-    readonly exitCode: number,
-    readonly killedBy: string | undefined,
-    /** The last lines of output, for the report. */
-    readonly tail: string[],
-    readonly logFile: string,
-  ) {
-    super(killedBy ? `command was killed by ${killedBy}` : `command exited with code ${exitCode}`);
-  }
-}
-
-/** The run was stopped from outside (Ctrl-C, or another step failed) before the command finished. */
-export class CommandStoppedError extends Error {}
 
 /** Lines of output a failure shows; the whole output is in the log file. */
 const TAIL_LINES = 20;

@@ -23,7 +23,7 @@ import { uncompressed } from './layer-apply.js';
 import { layerEntries } from './layer-headers.js';
 import { writeFileAtomic } from '../util/fs-atomic.js';
 import { readJsonIfPresent } from '../util/fs-read.js';
-import { RegistryClient } from '../registry/client.js';
+import type { RegistryClient } from '../registry/client.js';
 
 export type BaseTransport = 'oci' | 'oci-archive' | 'docker-archive' | 'registry';
 
@@ -72,8 +72,11 @@ export function registryBaseRef(from: string): BaseRef {
   return { transport: 'registry', path: '', ref: from };
 }
 
-export async function importBase(ref: BaseRef, store: ContentStore, platform: Platform, registry?: () => RegistryClient): Promise<BaseImage> {
-  if (ref.transport === 'registry') return importRegistry(ref.ref!, store, platform, registry?.() ?? new RegistryClient());
+export async function importBase(ref: BaseRef, store: ContentStore, platform: Platform, registry?: () => Promise<RegistryClient>): Promise<BaseImage> {
+  if (ref.transport === 'registry') {
+    const client = registry ? await registry() : new (await import('../registry/client.js')).RegistryClient();
+    return importRegistry(ref.ref!, store, platform, client);
+  }
   if (ref.transport === 'oci') return importLayout(ref.path, ref.ref, store, platform, ref);
   const dir = await mkdtemp(path.join(os.tmpdir(), 'layergraph-base-'));
   try {
