@@ -22,7 +22,9 @@ try {
   const build = async (name) => {
     const report = join(dir, `${name}.json`);
     const t = performance.now();
-    await run('node', [CLI, 'run', join(dir, 'repo', 'build.yaml'), '--cache-dir', join(dir, 'cache'), '--out', join(dir, 'out'), '--report', report, '--progress', 'quiet']);
+    await run('node', [CLI, 'run', join(dir, 'repo', 'build.yaml'), '--cache-dir', join(dir, 'cache'), '--out', join(dir, 'out'), '--report', report, '--progress', 'quiet'], {
+      timeout: 10 * 60_000,
+    });
     const ms = performance.now() - t;
     return { ms, summary: JSON.parse(await readFile(report, 'utf8')).summary };
   };

@@ -3,7 +3,8 @@
  * CLI must then word every problem exactly as the validator compiled from the
  * sources does. `npm test` builds dist/ first; without it, this is skipped.
  */
-import { existsSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import type { ValidateFunction } from 'ajv';
@@ -41,6 +42,12 @@ const DOCUMENTS = [
 ];
 
 describe.skipIf(!existsSync(precompiledPath))('the precompiled schema validator', () => {
+  it('was built from the schema as it is now', () => {
+    const precompiled = createRequire(import.meta.url)(precompiledPath) as { schemaSha256?: string };
+    const schema = readFileSync(path.join(REPO, 'schemas', 'build.schema.json'));
+    expect(precompiled.schemaSha256).toBe(createHash('sha256').update(schema).digest('hex'));
+  });
+
   it('finds the same errors, with the same schema nodes, as the one compiled at run time', () => {
     const require = createRequire(import.meta.url);
     const precompiled = require(precompiledPath) as ValidateFunction;

@@ -80,3 +80,29 @@ describe('the stat cache', () => {
     expect(hasher.reads).toBe(1);
   });
 });
+
+describe('the stat cache with coarse or foreign timestamps', () => {
+  /** A stat as another file system would give it. */
+  const fake = (st: import('node:fs').Stats, over: Partial<import('node:fs').Stats>) => Object.assign(Object.create(Object.getPrototypeOf(st) as object) as import('node:fs').Stats, st, over);
+
+  it('keeps a file of another device, or with whole-second times, only when it is older than the probe by a margin', async () => {
+    const [ctx, cache] = [await tmpDir(), await tmpDir()];
+    const f = await oldFile(ctx, 'a', 'one');
+    const real = await lstat(f);
+    await new Promise((r) => setTimeout(r, 20));
+    const stats = StatCache.in(cache);
+    await stats.lookup(f, real); // writes the probe
+    const oneSecondAgo = Date.now() - 1000;
+    const cases = {
+      foreignRecent: fake(real, { dev: real.dev + 1, mtimeMs: oneSecondAgo, ctimeMs: oneSecondAgo }),
+      wholeSecondsRecent: fake(real, { mtimeMs: Math.floor(oneSecondAgo / 1000) * 1000, ctimeMs: Math.floor(oneSecondAgo / 1000) * 1000 }),
+      foreignOld: fake(real, { dev: real.dev + 1, mtimeMs: Date.now() - 60_000, ctimeMs: Date.now() - 60_000 }),
+    };
+    for (const [name, st] of Object.entries(cases)) stats.remember(path.join(ctx, name), st, `hash-${name}`);
+    await stats.save();
+    const next = StatCache.in(cache);
+    expect(await next.lookup(path.join(ctx, 'foreignRecent'), cases.foreignRecent)).toBeUndefined();
+    expect(await next.lookup(path.join(ctx, 'wholeSecondsRecent'), cases.wholeSecondsRecent)).toBeUndefined();
+    expect(await next.lookup(path.join(ctx, 'foreignOld'), cases.foreignOld)).toBe('hash-foreignOld');
+  });
+});

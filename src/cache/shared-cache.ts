@@ -49,7 +49,11 @@ export interface CacheImport {
  * of layergraph cannot pass for a hit).
  */
 export async function trustworthy(record: StepRecord, key: string): Promise<boolean> {
-  return record.recordVersion === 1 && record.key === key && (await stepKey(record.material)) === key;
+  try {
+    return record.recordVersion === 1 && record.key === key && (await stepKey(record.material)) === key;
+  } catch {
+    return false; // material that cannot even be hashed vouches for nothing
+  }
 }
 
 /**
@@ -60,6 +64,7 @@ export async function trustworthy(record: StepRecord, key: string): Promise<bool
  */
 export async function fetchChecked(source: CacheImport, record: StepRecord, layer: LayerRef, store: ContentStore): Promise<void> {
   const what = `layer ${layer.digest} of ${record.image}/${record.step}`;
+  const had = await store.has(layer.digest);
   try {
     await source.fetchLayer(layer, store);
   } catch (err) {
@@ -69,7 +74,8 @@ export async function fetchChecked(source: CacheImport, record: StepRecord, laye
   for await (const chunk of await uncompressed(store.read(layer.digest))) hash.update(chunk as Buffer);
   const diffId = `sha256:${hash.digest('hex')}`;
   if (diffId !== layer.diffId) {
-    await store.remove(layer.digest);
+    // A blob we had before is the record's mistake, not the blob's: only what this fetch brought in goes.
+    if (!had) await store.remove(layer.digest);
     throw new CacheCorruptError(`shared cache ${source.label}: ${what} unpacks to diffID ${diffId}, but its record says ${layer.diffId}`);
   }
 }

@@ -5,6 +5,7 @@
  * Each schema node carries `x-expected`, the phrase after "expected".
  */
 import { readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
 import type { ErrorObject, ValidateFunction } from 'ajv';
 import { AJV_OPTIONS, PRECOMPILED, VOCABULARY } from './schema-options.js';
@@ -93,19 +94,24 @@ let compiled: ValidateFunction | undefined;
 function validator(): ValidateFunction {
   if (!compiled) {
     const require = createRequire(import.meta.url);
+    const schemaText = readFileSync(SCHEMA_FILE);
     try {
-      compiled = require(`./${PRECOMPILED}`) as ValidateFunction;
+      const precompiled = require(`./${PRECOMPILED}`) as ValidateFunction & { schemaSha256?: string };
+      // Built from another schema (a dist/ not rebuilt since the schema changed): not to be trusted.
+      if (precompiled.schemaSha256 === createHash('sha256').update(schemaText).digest('hex')) compiled = precompiled;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw err;
-      compiled = compileSchema(require);
     }
+    compiled ??= compileSchema(require, schemaText);
   }
   return compiled;
 }
 
-export function compileSchema(require: NodeJS.Require): ValidateFunction {
+const SCHEMA_FILE = new URL('../../schemas/build.schema.json', import.meta.url);
+
+export function compileSchema(require: NodeJS.Require, schemaText: Buffer = readFileSync(SCHEMA_FILE)): ValidateFunction {
   const { Ajv } = require('ajv') as typeof import('ajv');
-  const schema = JSON.parse(readFileSync(new URL('../../schemas/build.schema.json', import.meta.url), 'utf8')) as object;
+  const schema = JSON.parse(schemaText.toString('utf8')) as object;
   const ajv = new Ajv(AJV_OPTIONS);
   ajv.addVocabulary(VOCABULARY);
   return ajv.compile(schema);

@@ -5,10 +5,14 @@
  * content (git's index does the same).
  *
  * "Racily clean" files are never kept (git's rule): before hashing, the run
- * writes a probe file and notes its timestamp, on the same file system clock
- * and granularity as the inputs'; a file whose mtime or ctime is not older
- * than that could change again within the same timestamp tick after it was
- * read, and a matching stat would then vouch for old content. Concurrent runs may overwrite
+ * writes a probe file into the cache directory and notes its timestamp; a
+ * file whose mtime or ctime is not older than that could change again within
+ * the same timestamp tick after it was read, and a matching stat would then
+ * vouch for old content. The probe speaks for the inputs' clock only on its
+ * own file system and at fine granularity: a file on another device, or with
+ * whole-second timestamps, must be older by a margin that covers coarse
+ * (FAT's 2 s) timestamps and some clock skew. The file keeps the entries this
+ * run used, and older ones up to a bound. Concurrent runs may overwrite
  * each other's file; every entry is checked against the file's stat before
  * use, so a lost entry only costs a read.
  */
@@ -19,6 +23,10 @@ import { writeFileAtomic } from '../util/fs-atomic.js';
 import { readJsonIfPresent } from '../util/fs-read.js';
 
 const VERSION = 1;
+/** How much older than the probe a file on another device, or with whole-second times, must be. */
+const COARSE_MARGIN_MS = 3000;
+/** Entries kept that this run did not use (another context's, a deleted file's). */
+const KEEP_UNUSED = 100_000;
 
 type Entry = [size: number, mtimeMs: number, ctimeMs: number, ino: number, dev: number, hash: string];
 
@@ -33,6 +41,9 @@ export class StatCache {
   private changed = false;
   /** File-system time of the probe written before any hashing; files changed since are not kept. */
   private since = -Infinity;
+  private probeDev = -1;
+  /** Paths this run looked up or hashed: always kept. */
+  private readonly used = new Set<string>();
 
   constructor(private readonly file: string | undefined) {}
 
@@ -48,19 +59,26 @@ export class StatCache {
   async lookup(absPath: string, st: Stats): Promise<string | undefined> {
     await this.load();
     const e = this.entries.get(absPath);
-    return e && matches(e, st) ? e[5] : undefined;
+    if (!e || !matches(e, st)) return undefined;
+    this.used.add(absPath);
+    return e[5];
   }
 
   remember(absPath: string, st: Stats, hash: string): void {
-    if (!this.file || Math.max(st.mtimeMs, st.ctimeMs) >= this.since) return;
+    if (!this.file) return;
+    const coarse = st.dev !== this.probeDev || (st.mtimeMs % 1000 === 0 && st.ctimeMs % 1000 === 0);
+    if (Math.max(st.mtimeMs, st.ctimeMs) >= this.since - (coarse ? COARSE_MARGIN_MS : 0)) return;
     this.entries.set(absPath, [st.size, st.mtimeMs, st.ctimeMs, st.ino, st.dev, hash]);
+    this.used.add(absPath);
     this.changed = true;
   }
 
   /** Writes what this run learned; does nothing for `none()` or when nothing changed. */
   async save(): Promise<void> {
     if (!this.file || !this.changed) return;
-    const data: StatCacheFile = { version: VERSION, entries: Object.fromEntries(this.entries) };
+    const kept = [...this.entries].filter(([p]) => this.used.has(p));
+    const unused = [...this.entries].filter(([p]) => !this.used.has(p)).slice(-KEEP_UNUSED);
+    const data: StatCacheFile = { version: VERSION, entries: Object.fromEntries([...unused, ...kept]) };
     await writeFileAtomic(this.file, JSON.stringify(data));
     this.changed = false;
   }
@@ -68,9 +86,15 @@ export class StatCache {
   private load(): Promise<void> {
     this.loaded ??= (async () => {
       if (!this.file) return;
-      const probe = `${this.file}.probe`;
-      await writeFileAtomic(probe, '');
-      this.since = (await stat(probe)).mtimeMs;
+      try {
+        const probe = `${this.file}.probe`;
+        await writeFileAtomic(probe, '');
+        const st = await stat(probe);
+        this.since = st.mtimeMs;
+        this.probeDev = st.dev;
+      } catch {
+        return; // no probe (a read-only cache): nothing is vouched for, nothing kept
+      }
       const data = await readJsonIfPresent<StatCacheFile>(this.file).catch(() => undefined);
       // Another version's file, or a damaged one, is just an empty cache.
       if (data?.version === VERSION && data.entries && typeof data.entries === 'object') this.entries = new Map(Object.entries(data.entries));
