@@ -38,6 +38,7 @@ import type { BuildEvent, StepResult } from './events.js';
 import { Semaphore } from '../util/semaphore.js';
 import { SnapshotCache } from './snapshots.js';
 import { ownerTag } from '../util/owner-tag.js';
+import { once } from '../util/once.js';
 import { removeTree, sweepStale } from './sweep.js';
 import { checkMerge, type MergeChoice } from './merge-check.js';
 import { runMaterial, runSettings } from './run-inputs.js';
@@ -105,16 +106,20 @@ export interface BuildResult {
 interface Keyed {
   /** Key of the filesystem with this step applied on what it sits on. */
   chain: string;
-  /** Directories of that filesystem (below a `run`, known once it is built). */
-  dirs: Promise<DirMeta>;
+  /**
+   * Directories of that filesystem (below a `run`, known once it is built).
+   * Worked out only when a copy above needs them: for a `run` they come from
+   * reading its layer, which a cache hit may not even have fetched.
+   */
+  dirs: () => Promise<DirMeta>;
   /** Directories of this step's own layer. */
-  ownDirs: Promise<DirMeta>;
+  ownDirs: () => Promise<DirMeta>;
 }
 
 /** What a step sits on. */
 interface Below {
   chain: string;
-  dirs: Promise<DirMeta>;
+  dirs: () => Promise<DirMeta>;
 }
 
 interface StepTask {
@@ -147,7 +152,7 @@ class BuildRun {
   private readonly tmpRoot: string;
   private readonly results = new Map<string, StepResult>();
   private readonly tasks = new Map<string, StepTask>();
-  private readonly imageKeys = new Map<string, Promise<{ key: string; dirs: Promise<DirMeta> }>>();
+  private readonly imageKeys = new Map<string, Promise<{ key: string; dirs: () => Promise<DirMeta> }>>();
   private readonly configs: BaseConfigs;
   /** Stops running commands: aborted on the first failure and on the caller's signal. */
   private readonly stop = new AbortController();
@@ -160,7 +165,7 @@ class BuildRun {
   private readonly sharedHits = new Map<string, StepRecord>();
   /** Blobs pulled from a registry, and from where. */
   private readonly blobOrigins = new Map<string, ImageReference>();
-  private readonly externals = new Map<string, Promise<{ image: BaseImage; dirs: DirMeta }>>();
+  private readonly externals = new Map<string, Promise<{ image: BaseImage; dirs: () => Promise<DirMeta> }>>();
   /** One flight per key: steps with the same key in one run (a shared linked step) build once. */
   private readonly flights = new Map<string, { by: string; done: Promise<Flight> }>();
   private firstError: { error: Error; by: string } | undefined;
@@ -282,7 +287,7 @@ class BuildRun {
       const source = step.fromImage
         ? { key: (await this.imageKeyed(step.fromImage.image)).key, layers: await this.imageLayers(step.fromImage.image) }
         : undefined;
-      const parentDirs = parent ? await parent.dirs : new Map();
+      const parentDirs = parent ? await parent.dirs() : new Map();
 
       return await this.jobs.run(async () => {
         if (this.opts.signal?.aborted || this.firstError) throw new Skipped();
@@ -299,8 +304,8 @@ class BuildRun {
         publish(
           below.then(async (b) => ({
             chain: await chainKey(b.chain, key),
-            dirs: b.dirs.then((d) => mergeDirs(d, ownDirs)),
-            ownDirs: Promise.resolve(ownDirs),
+            dirs: once(async () => mergeDirs(await b.dirs(), ownDirs)),
+            ownDirs: async () => ownDirs,
           })),
         );
         const result = await this.reuseOrBuild(image, step, key, material, startMs, () => this.buildLayer(plan));
@@ -324,10 +329,11 @@ class BuildRun {
       const settings = runSettings(step, image, await this.baseConfig(image));
       const material = runMaterial(settings, parent.chain, this.opts.sourceDateEpoch);
       const key = await stepKey(material);
-      const own = this.task(image.name, step.id).layer.then((l) => (l ? layerDirs([l], this.store) : new Map()));
-      own.catch(() => undefined);
-      const dirs = parent.dirs.then(async (d) => mergeDirs(d, await own));
-      dirs.catch(() => undefined);
+      const own = once(async () => {
+        const layer = await this.task(image.name, step.id).layer;
+        return layer ? layerDirs([layer], this.store) : new Map();
+      });
+      const dirs = once(async () => mergeDirs(await parent.dirs(), await own()));
       publish(Promise.resolve({ chain: await chainKey(parent.chain, key), dirs, ownDirs: own }));
 
       const lowers = this.lowersOf(image, step);
@@ -608,23 +614,22 @@ class BuildRun {
     if (step.needs.length === 0) return this.baseOf(image);
     const needs = needsInLayerOrder(step, this.layerOrder.get(image.name)!);
     const keyed = await Promise.all(needs.map((n) => this.task(image.name, n).keyed));
-    const dirs = Promise.all(keyed.map((k) => k.dirs)).then((all) => mergeDirs(...all));
-    dirs.catch(() => undefined);
+    const dirs = once(async () => mergeDirs(...(await Promise.all(keyed.map((k) => k.dirs())))));
     return { chain: await needsChain(keyed.map((k) => k.chain)), dirs };
   }
 
   private async baseOf(image: ImageSpec): Promise<Below> {
-    if (image.from.kind === 'scratch') return { chain: SCRATCH_CHAIN, dirs: Promise.resolve(new Map()) };
+    if (image.from.kind === 'scratch') return { chain: SCRATCH_CHAIN, dirs: async () => new Map() };
     if (image.from.kind === 'base') {
       const base = await this.external(image);
-      return { chain: externalChain(base.image), dirs: Promise.resolve(base.dirs) };
+      return { chain: externalChain(base.image), dirs: base.dirs };
     }
     const base = await this.imageKeyed(image.from.image);
     return { chain: base.key, dirs: base.dirs };
   }
 
   /** A base image from outside the file, imported once per run (one flight per `from`). */
-  private external(image: ImageSpec): Promise<{ image: BaseImage; dirs: DirMeta }> {
+  private external(image: ImageSpec): Promise<{ image: BaseImage; dirs: () => Promise<DirMeta> }> {
     if (image.from.kind !== 'base') throw new Error(`internal: ${image.name} has no external base`);
     const from = image.from;
     let p = this.externals.get(from.text);
@@ -633,7 +638,7 @@ class BuildRun {
         const base = await openExternalBase(image, this.store, () => this.registry());
         // A pushed image that shares these layers can mount them from where they came.
         if (from.ref.transport === 'registry') for (const l of base.layers) this.blobOrigins.set(l.digest, parseImageReference(from.ref.ref!));
-        return { image: base, dirs: await layerDirs(base.layers, this.store) };
+        return { image: base, dirs: once(() => layerDirs(base.layers, this.store)) };
       })();
       p.catch(() => undefined);
       this.externals.set(from.text, p);
@@ -642,7 +647,7 @@ class BuildRun {
   }
 
   /** Key and directories of a whole image: its base, then every one of its layers in order. */
-  private imageKeyed(name: string): Promise<{ key: string; dirs: Promise<DirMeta> }> {
+  private imageKeyed(name: string): Promise<{ key: string; dirs: () => Promise<DirMeta> }> {
     let p = this.imageKeys.get(name);
     if (!p) {
       const image = this.images.find((i) => i.name === name)!;
@@ -650,8 +655,7 @@ class BuildRun {
         const base = await this.baseOf(image);
         const steps = await Promise.all(this.layerOrder.get(name)!.map((s) => this.task(name, s.id).keyed));
         const key = await imageChainKey(base.chain, steps.map((s) => s.chain));
-        const dirs = Promise.all([base.dirs, ...steps.map((s) => s.ownDirs)]).then((all) => mergeDirs(...all));
-        dirs.catch(() => undefined);
+        const dirs = once(async () => mergeDirs(...(await Promise.all([base.dirs(), ...steps.map((s) => s.ownDirs())]))));
         return { key, dirs };
       })();
       this.imageKeys.set(name, p);
