@@ -87,14 +87,12 @@ function unorderedPairs(order: StepSpec[]): Array<[StepSpec, StepSpec]> {
 
 async function readChanges(layer: LayerRef, store: ContentStore): Promise<Changes> {
   const changes: Changes = new Map();
-  for await (const { rel, header } of layerEntries(layer.digest, store)) {
+  for await (const { rel, header, whiteout } of layerEntries(layer.digest, store)) {
     if (!rel) continue;
-    const base = path.posix.basename(rel);
-    const dir = path.posix.dirname(rel) === '.' ? '' : path.posix.dirname(rel);
-    if (base === '.wh..wh..opq') {
-      const d = changes.get(dir);
-      if (dir) changes.set(dir, { kind: 'opaque', meta: d && 'meta' in d ? d.meta : '' });
-    } else if (base.startsWith('.wh.')) changes.set(dir ? `${dir}/${base.slice(4)}` : base.slice(4), { kind: 'delete' });
+    if (whiteout && 'opaque' in whiteout) {
+      const d = changes.get(whiteout.opaque);
+      if (whiteout.opaque) changes.set(whiteout.opaque, { kind: 'opaque', meta: d && 'meta' in d ? d.meta : '' });
+    } else if (whiteout) changes.set(whiteout.deletes, { kind: 'delete' });
     else if (header.type === 'directory') {
       const meta = dirMeta(header);
       changes.set(rel, { kind: changes.get(rel)?.kind === 'opaque' ? 'opaque' : 'dir', meta });

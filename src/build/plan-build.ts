@@ -21,7 +21,7 @@ import os from 'node:os';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { ContentStore, type BlobInfo } from '../cache/content-store.js';
+import { ContentStore, sha256Digest, type BlobInfo } from '../cache/content-store.js';
 import { explainMiss } from '../cache/explain.js';
 import { chainKey, stepKey, type KeyMaterial } from '../cache/step-key.js';
 import { StepRecords, type LayerRef, type StepRecord } from '../cache/step-records.js';
@@ -373,6 +373,6 @@ class ReadOnlyStore extends ContentStore {
   }
 
   override async put(bytes: Uint8Array): Promise<BlobInfo> {
-    return { digest: `sha256:${createHash('sha256').update(bytes).digest('hex')}`, size: bytes.length };
+    return { digest: sha256Digest(bytes), size: bytes.length };
   }
 }

@@ -122,7 +122,7 @@ export class ContentStore {
 
   /** Store a small blob (config, manifest) held in memory; one already there is kept only if intact. */
   async put(bytes: Uint8Array): Promise<BlobInfo> {
-    const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+    const digest = sha256Digest(bytes);
     if (!(await this.verify(digest))) await writeFileAtomic(this.blobPath(digest), bytes);
     return { digest, size: bytes.length };
   }
@@ -142,6 +142,11 @@ export class ContentStore {
     // rename over an existing blob with the same digest is harmless: same bytes.
     await rename(staging, target);
   }
+}
+
+/** The sha256 of bytes in memory, as `sha256:<hex>`. */
+export function sha256Digest(bytes: Uint8Array): string {
+  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
 }
 
 export async function sha256File(file: string): Promise<string> {

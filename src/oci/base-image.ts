@@ -13,7 +13,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
-import type { ContentStore } from '../cache/content-store.js';
+import { sha256Digest, type ContentStore } from '../cache/content-store.js';
 import type { Platform } from '../config/types.js';
 import { InvalidImageError, UsageError } from '../errors.js';
 import { MEDIA_TYPE_INDEX } from './media-types.js';
@@ -168,7 +168,7 @@ async function importDockerArchive(dir: string, store: ContentStore, ref: BaseRe
     layers.push({ digest: blob.digest, size: blob.size, diffId: blob.digest, mediaType: LAYER_TAR });
   }
   // No manifest in the archive: its config digest names the image.
-  return toBase(`sha256:${createHash('sha256').update(configBytes).digest('hex')}`, config, layers);
+  return toBase(sha256Digest(configBytes), config, layers);
 }
 
 interface ConfigJson {
@@ -268,11 +268,9 @@ async function readLayerDirs(layers: ReadonlyArray<{ digest: string }>, store: C
     for (const k of [...dirs.keys()]) if ((!keepSelf && k === rel) || k.startsWith(`${rel}/`) || rel === '') dirs.delete(k);
   };
   for (const layer of layers) {
-    for await (const { rel, header: h } of layerEntries(layer.digest, store)) {
-      const base = path.posix.basename(rel);
-      const parent = path.posix.dirname(rel) === '.' ? '' : path.posix.dirname(rel);
-      if (base === '.wh..wh..opq') drop(parent, true);
-      else if (base.startsWith('.wh.')) drop(parent ? `${parent}/${base.slice(4)}` : base.slice(4), false);
+    for await (const { rel, header: h, whiteout } of layerEntries(layer.digest, store)) {
+      if (whiteout && 'opaque' in whiteout) drop(whiteout.opaque, true);
+      else if (whiteout) drop(whiteout.deletes, false);
       else if (h.type === 'directory' && rel) dirs.set(rel, { mode: (h.mode ?? 0o755) & 0o7777, uid: h.uid ?? 0, gid: h.gid ?? 0 });
       else if (rel) drop(rel, false);
     }

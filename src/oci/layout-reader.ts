@@ -2,7 +2,7 @@
  * Reading an OCI image layout someone else may have written: find an image
  * by ref name or digest, and read blobs only after checking their digest.
  */
-import { createHash } from 'node:crypto';
+import { sha256Digest } from '../cache/content-store.js';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { InvalidImageError, UsageError } from '../errors.js';
@@ -43,7 +43,7 @@ export async function readBlob(layout: string, digest: string): Promise<Buffer> 
   const bytes = await readFile(blobPath(layout, digest)).catch((err: Error) => {
     throw new InvalidImageError(`blob ${digest} is missing: ${err.message}`);
   });
-  const got = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+  const got = sha256Digest(bytes);
   if (got !== digest) throw damagedBlob(digest, got);
   return bytes;
 }

@@ -8,7 +8,6 @@
  * 3. POST to open an upload, then one monolithic PUT `?digest=` with the
  *    bytes from the content store.
  */
-import { createHash } from 'node:crypto';
 import type { ContentStore } from '../cache/content-store.js';
 import { CacheCorruptError, RegistryError, type RegistryErrorSubject } from '../errors.js';
 import type { RepositoryRef } from './blob-pull.js';
@@ -83,11 +82,6 @@ export async function blobExists(transport: RegistryTransport, repo: RepositoryR
   });
   await res.body?.cancel();
   return res.status === 200;
-}
-
-/** The sha256 of bytes in memory, as `sha256:<hex>`. */
-export function sha256Digest(bytes: Uint8Array): string {
-  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
 }
 
 async function startUpload(
