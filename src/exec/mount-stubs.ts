@@ -26,19 +26,25 @@ export const MOUNT_POINTS: ReadonlyArray<MountPoint> = [
   { path: '/etc/hostname', type: 'file' },
 ];
 
-/** Creates every mount point under `dir` (with missing parents): directories 0755, files 0644 and empty, all root-owned. */
+/**
+ * Creates the mount points `dir` lacks (with missing parents): directories
+ * 0755, files 0644 and empty, all root-owned, whatever the umask. What exists
+ * is left as it is, and nothing is created through a symbolic link: in a
+ * copied image root, a link could point out of it.
+ */
 export async function makeMountStubs(dir: string): Promise<void> {
   const asRoot = process.getuid?.() === 0;
-  for (const point of MOUNT_POINTS) {
+  points: for (const point of MOUNT_POINTS) {
     const rel = point.path.slice(1).split('/');
-    for (let i = 1; i < rel.length; i++) await makeDir(path.join(dir, ...rel.slice(0, i)), asRoot);
-    const abs = path.join(dir, ...rel);
-    if (point.type === 'dir') await makeDir(abs, asRoot);
-    else {
-      await writeFile(abs, '', { flag: 'wx' }).catch(ignoreExists);
-      await chmod(abs, 0o644);
-      if (asRoot) await chown(abs, 0, 0);
+    for (let i = 1; i < rel.length; i++) {
+      const parent = path.join(dir, ...rel.slice(0, i));
+      const st = await lstat(parent).catch(() => undefined);
+      if (st && !st.isDirectory()) continue points; // a link or a file: the runtime will say what is wrong
+      if (!st) await made(mkdir(parent), parent, 0o755, asRoot);
     }
+    const abs = path.join(dir, ...rel);
+    if (point.type === 'dir') await made(mkdir(abs), abs, 0o755, asRoot);
+    else await made(writeFile(abs, '', { flag: 'wx' }), abs, 0o644, asRoot);
   }
 }
 
@@ -64,17 +70,16 @@ export async function checkMountPoints(rootfs: string, runtime: string): Promise
   }
 }
 
-async function makeDir(abs: string, asRoot: boolean): Promise<void> {
-  const made = await mkdir(abs).then(
+/** Once `creating` has made `abs` (one already there is left alone), gives it its mode and, as root, owner 0:0. */
+async function made(creating: Promise<unknown>, abs: string, mode: number, asRoot: boolean): Promise<void> {
+  const created = await creating.then(
     () => true,
-    (err: NodeJS.ErrnoException) => ignoreExists(err) ?? false,
+    (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EEXIST') throw err;
+      return false;
+    },
   );
-  if (!made) return;
-  await chmod(abs, 0o755);
+  if (!created) return;
+  await chmod(abs, mode);
   if (asRoot) await chown(abs, 0, 0);
-}
-
-function ignoreExists(err: NodeJS.ErrnoException): undefined {
-  if (err.code !== 'EEXIST') throw err;
-  return undefined;
 }

@@ -14,14 +14,13 @@
  * Both put empty mount points (/proc, /dev, …) under the image, so a runtime
  * mounting over them never creates anything the layer would keep.
  */
-import { existsSync } from 'node:fs';
-import { chmod, chown, lstat, mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, rename, rm } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { ContentStore } from '../cache/content-store.js';
 import type { LayerRef } from '../cache/step-records.js';
 import { UsageError } from '../errors.js';
-import { MOUNT_POINTS, makeMountStubs } from '../exec/run-in-root.js';
+import { makeMountStubs } from '../exec/run-in-root.js';
 import { LayerSnapshots } from './layer-snapshots.js';
 import { canMountOverlay, mountOverlay, unmount } from './overlay-mount.js';
 import { diffTree, indexTree, materializeRoot } from './tree-diff.js';
@@ -139,7 +138,8 @@ class CopySnapshotter implements Snapshotter {
     await mkdir(dir);
     try {
       await materializeRoot(lowers, this.deps.store, rootfs);
-      await addMissingStubs(rootfs);
+      // Mount points the image lacks, added before the tree is noted, so they are never part of the diff.
+      await makeMountStubs(rootfs);
       const before = await indexTree(rootfs);
       return {
         rootfs,
@@ -162,30 +162,6 @@ class CopySnapshotter implements Snapshotter {
     await settleUpper(upper, mtime);
     await this.layers.adopt(upper, layer);
   }
-}
-
-/** Mount points the image lacks, added before the tree is noted, so they are never part of the diff. */
-async function addMissingStubs(root: string): Promise<void> {
-  for (const point of MOUNT_POINTS) {
-    const abs = path.join(root, point.path);
-    if (await exists(abs)) continue;
-    // The same modes and owner as the overlay snapshotter's stubs, whatever the umask.
-    for (const dir of missingParents(root, abs)) await mkdir(dir).then(() => settle(dir, 0o755));
-    if (point.type === 'dir') await mkdir(abs).then(() => settle(abs, 0o755));
-    else await writeFile(abs, '').then(() => settle(abs, 0o644));
-  }
-}
-
-/** Directories between `root` and `abs`, outermost first (missing ones are created in this order). */
-function missingParents(root: string, abs: string): string[] {
-  const out: string[] = [];
-  for (let d = path.dirname(abs); d.startsWith(`${root}/`); d = path.dirname(d)) out.unshift(d);
-  return out.filter((d) => !existsSync(d));
-}
-
-async function settle(p: string, mode: number): Promise<void> {
-  await chmod(p, mode);
-  await chown(p, 0, 0);
 }
 
 async function exists(p: string): Promise<boolean> {
