@@ -6,8 +6,8 @@
  * symlink is followed, as BuildKit does, but it and every parent must resolve
  * inside the root; symlinks met while walking a directory are kept as links.
  */
-import type { Stats } from 'node:fs';
-import { lstat, readdir, readlink, realpath, stat } from 'node:fs/promises';
+import { lstatSync, readdirSync, readlinkSync, type Stats } from 'node:fs';
+import { lstat, readdir, realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import picomatch from 'picomatch';
 import type { SourcePos } from '../errors.js';
@@ -209,31 +209,34 @@ async function resolveInImage(root: string, rel: string): Promise<string> {
   return abs;
 }
 
+// Synchronous on purpose: a context walk is thousands of lstat calls, and a
+// thread-pool round trip per call cost ten times the call itself (0.26 s of
+// idle time for 5,000 files on a no-op rebuild).
 async function walk(dir: string, filter: ContextFilter): Promise<SelectedEntry[]> {
   const out: SelectedEntry[] = [];
-  async function visit(absDir: string, relDir: string): Promise<void> {
-    const names = (await readdir(absDir)).sort();
+  function visit(absDir: string, relDir: string): void {
+    const names = readdirSync(absDir).sort();
     for (const name of names) {
       const abs = path.join(absDir, name);
       const excluded = filter.excluded(abs) !== undefined;
       const rel = relDir ? `${relDir}/${name}` : name;
-      const st = await lstat(abs);
+      const st = lstatSync(abs);
       if (excluded) {
         // An excluded directory is still walked when a `!` pattern may bring back something inside it.
-        if (st.isDirectory() && filter.walkExcluded(abs)) await visit(abs, rel);
+        if (st.isDirectory() && filter.walkExcluded(abs)) visit(abs, rel);
         continue;
       }
       if (st.isSymbolicLink()) {
-        out.push({ rel, abs, stat: st, linkTarget: await readlink(abs) });
+        out.push({ rel, abs, stat: st, linkTarget: readlinkSync(abs) });
       } else if (st.isDirectory()) {
         out.push({ rel, abs, stat: st });
-        await visit(abs, rel);
+        visit(abs, rel);
       } else if (st.isFile()) {
         out.push({ rel, abs, stat: st });
       }
       // Sockets, fifos and devices in a build context are not copyable content; Docker skips them too.
     }
   }
-  await visit(dir, '');
+  visit(dir, '');
   return out;
 }
