@@ -9,8 +9,8 @@ import { constants as fsConstants } from 'node:fs';
 import { lstat, open, readdir, readlink } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline, Transform, type Readable } from 'node:stream';
-import { createGzip } from 'node:zlib';
 import tar from 'tar-stream';
+import { parallelGzip } from './parallel-gzip.js';
 import { encodePaxRecords, newPaxMarker, PaxMarkerPatcher, SCHILY_XATTR } from './pax-xattrs.js';
 
 export interface PackOptions {
@@ -88,8 +88,7 @@ export function packLayer(
       diffId.resolve(`sha256:${hash.digest('hex')}`);
       entries.resolve(await producing);
     }),
-    createGzip({ level: opts.level ?? 6 }),
-    forceGzipOsByte(),
+    parallelGzip({ level: opts.level ?? 6 }),
     (err) => {
       if (!err) return;
       diffId.reject(err);
@@ -111,8 +110,6 @@ export async function isEmptyTree(dir: string): Promise<boolean> {
 
 const WHITEOUT_PREFIX = '.wh.';
 const OPAQUE_MARKER = '.wh..wh..opq';
-/** Gzip header OS byte for "unknown", as Go's compress/gzip (and so most OCI tooling) writes it. */
-const GZIP_OS_UNKNOWN = 255;
 /** Largest id tar-stream writes into the ustar field (6 octal digits); larger ones go into a PAX record. */
 const USTAR_MAX_ID = 0o777777;
 
@@ -530,20 +527,6 @@ const GZIP_BATCH = 256 * 1024;
  * zlib writes the OS it was built for into byte 9 of the gzip header; pin it
  * so the blob digest is the same on every platform.
  */
-function forceGzipOsByte(): Transform {
-  let offset = 0;
-  return new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      if (offset <= 9 && offset + chunk.length > 9) {
-        chunk = Buffer.from(chunk);
-        chunk[9 - offset] = GZIP_OS_UNKNOWN;
-      }
-      offset += chunk.length;
-      cb(null, chunk);
-    },
-  });
-}
-
 interface Deferred<T> {
   promise: Promise<T>;
   resolve: (v: T) => void;
