@@ -1,15 +1,18 @@
 // Writes a synthetic monorepo and the same images described three ways: a
 // layergraph build.yaml, one Dockerfile per service, and a docker-bake.hcl.
 //
-//   node bench/generate.mjs <dir> [--services 6] [--files 300] [--lib-files 200]
+//   node bench/generate.mjs <dir> [--services 5] [--files 1000] [--lib-files 200] [--base <image ref>]
 //
 // Content comes from a seeded generator, so every run (and every tool) sees
-// byte-identical files.
+// byte-identical files. With a base image (a registry reference every tool
+// can pull), each service also gets a `run` step, env and cmd; without one
+// (bench:check, which needs no root or registry) the images are copy-only
+// on scratch.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-export const DEFAULTS = { services: 6, files: 300, libFiles: 200, seed: 42 };
+export const DEFAULTS = { services: 5, files: 1000, libFiles: 200, seed: 42 };
 
 /**
  * Generates the monorepo in `dir` (which should be empty) and returns what the
@@ -25,9 +28,9 @@ export function generate(dir, options = {}) {
   for (const svc of services) {
     writeTree(join(dir, 'services', svc, 'src'), opts.files, rand);
     write(join(dir, 'services', svc, 'config.json'), JSON.stringify({ name: svc, port: 8080 }, null, 2) + '\n');
-    write(join(dir, 'dockerfiles', `${svc}.Dockerfile`), dockerfile(svc));
+    write(join(dir, 'dockerfiles', `${svc}.Dockerfile`), dockerfile(svc, opts.base));
   }
-  write(join(dir, 'build.yaml'), buildYaml(services));
+  write(join(dir, 'build.yaml'), buildYaml(services, opts.base));
   write(join(dir, 'docker-bake.hcl'), bakeFile(services));
   // Only the sources are context; keeps the Dockerfiles and build files out of it.
   write(join(dir, '.dockerignore'), 'dockerfiles\nbuild.yaml\ndocker-bake.hcl\n');
@@ -40,25 +43,39 @@ export function generate(dir, options = {}) {
   };
 }
 
-// The image of one service: shared lib, config, sources. The lib comes first,
-// so `COPY` and `COPY --link` give the same layer and the same cache hits here;
-// we use plain COPY because Debian 12's BuildKit (docker.io 20.10, Dockerfile
-// frontend without `--link`) and Buildah 1.28 both reject `--link`.
-function dockerfile(svc) {
+// The image of one service: shared lib, config, sources, then a command that
+// reads them. layergraph links every copy (`COPY --link`), so a new base
+// image rebuilds only the command; the Dockerfiles use plain COPY because
+// Debian 12's BuildKit (docker.io 20.10, Dockerfile frontend without
+// `--link`) and Buildah 1.28 both reject `--link`. Before the command, COPY
+// and COPY --link give the same layers and the same hits.
+const RUN = 'mkdir -p /var/lib/svc && find /app -type f | wc -l > /var/lib/svc/files';
+
+function dockerfile(svc, base) {
   return [
-    'FROM scratch',
+    `FROM ${base ?? 'scratch'}`,
     'COPY libs/shared/ /opt/shared/',
     `COPY services/${svc}/config.json /etc/${svc}/config.json`,
     `COPY --chown=1000:1000 services/${svc}/src/ /app/`,
+    ...(base ? [`RUN ${RUN}`, `ENV SERVICE=${svc} PORT=8080`, 'CMD ["/bin/sh", "-c", "cat /var/lib/svc/files"]'] : []),
     '',
   ].join('\n');
 }
 
-function buildYaml(services) {
+function buildYaml(services, base) {
   const lines = ['version: 1', 'context: .', 'images:'];
   for (const svc of services) {
+    lines.push(`  ${svc}:`);
+    if (base) {
+      lines.push(
+        `    from: ${base}`,
+        '    env:',
+        `      SERVICE: ${svc}`,
+        '      PORT: "8080"',
+        '    cmd: ["/bin/sh", "-c", "cat /var/lib/svc/files"]',
+      );
+    }
     lines.push(
-      `  ${svc}:`,
       '    steps:',
       '      - id: shared',
       '        copy: libs/shared/',
@@ -67,10 +84,12 @@ function buildYaml(services) {
       '      - id: config',
       `        copy: services/${svc}/config.json`,
       `        to: /etc/${svc}/config.json`,
+      ...(base ? ['        link: true'] : []),
       '      - id: src',
       `        copy: services/${svc}/src/`,
       '        to: /app/',
       '        chown: "1000:1000"',
+      ...(base ? ['        link: true', '      - id: count', `        run: ${RUN}`] : []),
     );
   }
   return lines.join('\n') + '\n';
@@ -104,6 +123,25 @@ function sourceText(rand, size) {
   return out.slice(0, size);
 }
 
+/**
+ * A tree of `bytes` in 1 MiB files, for packing throughput and memory: slices
+ * of an 8 MiB pool of code-like text at seeded offsets, so it compresses like
+ * source code and writes at disk speed.
+ */
+export function generateBigTree(dir, bytes, seed = 7) {
+  const rand = mulberry32(seed);
+  const pool = Buffer.from(sourceText(rand, 8 << 20));
+  const fileBytes = 1 << 20;
+  const files = Math.ceil(bytes / fileBytes);
+  for (let i = 0; i < files; i++) {
+    const at = Math.floor(rand() * (pool.length - fileBytes));
+    const file = join(dir, `part-${Math.floor(i / 64)}`, `blob-${i % 64}.txt`);
+    mkdirSync(dirname(file), { recursive: true });
+    writeFileSync(file, pool.subarray(at, at + fileBytes));
+  }
+  return { dir, bytes: files * fileBytes, files };
+}
+
 function write(path, text) {
   mkdirSync(dirname(path), { recursive: true });
   writeFileSync(path, text);
@@ -124,10 +162,11 @@ function mulberry32(seed) {
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const [dir, ...rest] = process.argv.slice(2);
   if (!dir) {
-    console.error('usage: node bench/generate.mjs <dir> [--services N] [--files N] [--lib-files N]');
+    console.error('usage: node bench/generate.mjs <dir> [--services N] [--files N] [--lib-files N] [--base <image ref>]');
     process.exit(2);
   }
   const num = (flag, dflt) => (rest.includes(flag) ? Number(rest[rest.indexOf(flag) + 1]) : dflt);
-  const repo = generate(dir, { services: num('--services', DEFAULTS.services), files: num('--files', DEFAULTS.files), libFiles: num('--lib-files', DEFAULTS.libFiles) });
+  const base = rest.includes('--base') ? rest[rest.indexOf('--base') + 1] : undefined;
+  const repo = generate(dir, { services: num('--services', DEFAULTS.services), files: num('--files', DEFAULTS.files), libFiles: num('--lib-files', DEFAULTS.libFiles), base });
   console.log(`wrote ${repo.services.length} services to ${dir}`);
 }
