@@ -3,6 +3,8 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { selectSources, type Selection } from '../src/context/select.js';
 import { CopyDestinationError, InputChangedError, planCopy, type CopyPlan, type CopyTarget } from '../src/exec/copy-step.js';
+import { applyLayer } from '../src/oci/layer-apply.js';
+import { packTree } from '../src/oci/layer-pack.js';
 import { listAll, makeTree, useTmpDirs } from './helpers/tmp.js';
 
 const tmpDir = useTmpDirs();
@@ -67,10 +69,15 @@ async function setup(): Promise<Env> {
 
 const plans = new Map<string, CopyPlan>();
 
-/** Plan on nothing below, then write; modes are the plan's (the upper on disk stays 0700/0600 for us). */
+/**
+ * Plan on nothing below, pack the plan straight from the sources as a build does, and unpack the layer
+ * into `upper`; modes are the plan's (unpacked for us, the tree on disk stays readable).
+ */
 async function writeCopy(upper: string, selections: Selection[], target: Omit<CopyTarget, 'chown'>): Promise<CopyPlan> {
   const plan = planCopy(selections, { ...target, chown: undefined }, new Map());
-  await plan.write(upper);
+  const packed = packTree(plan.treeEntries(), { mtime: 0, owner: (rel) => plan.meta(rel), mode: (rel) => plan.meta(rel).mode });
+  await applyLayer(packed.stream, upper, { realModes: new Map(), preserveOwner: false });
+  await plan.checkUnchanged();
   plans.set(upper, plan);
   return plan;
 }
@@ -282,7 +289,6 @@ describe('planCopy: what is below', () => {
     const { upper, select } = await setup();
     const below = new Map([['app', { mode: 0o750, uid: 1000, gid: 1000 }]]);
     const plan = planCopy(await select('x.txt'), { to: '/app/conf/x.txt', chmod: undefined, chown: { uid: 7, gid: 8 } }, below);
-    await plan.write(upper);
     expect(plan.meta('app')).toEqual({ kind: 'dir', mode: 0o750, uid: 1000, gid: 1000 });
     expect(plan.meta('app/conf')).toEqual({ kind: 'dir', mode: 0o755, uid: 7, gid: 8 });
     expect(plan.meta('app/conf/x.txt')).toMatchObject({ kind: 'file', mode: 0o644, uid: 7, gid: 8 });
@@ -302,6 +308,6 @@ describe('planCopy: what is below', () => {
     await new Promise((r) => setTimeout(r, 20));
     await writeFile(path.join(ctx, 'x.txt'), 'changed after it was hashed\n');
     const plan = planCopy(selections, { to: '/x.txt', chmod: undefined, chown: undefined }, new Map());
-    await expect(plan.write(upper)).rejects.toThrow(InputChangedError);
+    await expect(plan.checkUnchanged()).rejects.toThrow(InputChangedError);
   });
 });

@@ -1,14 +1,14 @@
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { chmod, link, mkdir, mkdtemp, rm, symlink, utimes, writeFile } from 'node:fs/promises';
-import { writeFileSync } from 'node:fs';
+import { statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { gunzipSync } from 'node:zlib';
 import tar from 'tar-stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { isEmptyTree, packLayer } from '../src/oci/layer-pack.js';
+import { isEmptyTree, packLayer, packTree } from '../src/oci/layer-pack.js';
 
 const isRoot = process.getuid?.() === 0;
 let tmp: string;
@@ -213,5 +213,47 @@ describe('isEmptyTree', () => {
     expect(await isEmptyTree(path.join(tmp, 'missing'))).toBe(true);
     await mkdir(path.join(tmp, 'sub'));
     expect(await isEmptyTree(tmp)).toBe(false);
+  });
+});
+
+describe('packTree', () => {
+  it('packs a described tree to the same bytes packLayer gives for that tree on disk, source hardlinks as separate files', async () => {
+    const src = path.join(tmp, 'src');
+    const upper = path.join(tmp, 'upper');
+    {
+      await mkdir(path.join(src, 'a/b'), { recursive: true });
+      await writeFile(path.join(src, 'a/one.txt'), 'one\n');
+      await writeFile(path.join(src, 'a/b/big.bin'), Buffer.alloc(3 << 20, 7)); // several gzip pieces
+      await link(path.join(src, 'a/one.txt'), path.join(src, 'a/b/same.txt'));
+      // The same tree as a copy makes it: every file its own inode.
+      await mkdir(path.join(upper, 'a/b'), { recursive: true });
+      await writeFile(path.join(upper, 'a/one.txt'), 'one\n');
+      await writeFile(path.join(upper, 'a/b/big.bin'), Buffer.alloc(3 << 20, 7));
+      await writeFile(path.join(upper, 'a/b/same.txt'), 'one\n');
+      await symlink('../one.txt', path.join(upper, 'a/b/ln'));
+      const meta = (rel: string) => ({ uid: rel.length, gid: 7, mode: rel.endsWith('.txt') ? 0o640 : 0o755 });
+      const opts = { mtime: 0, owner: (rel: string) => meta(rel), mode: (rel: string) => meta(rel).mode };
+      const onDisk = packLayer(upper, opts);
+      const fromDisk = await collect(onDisk.stream);
+      const described = packTree([
+        { rel: 'a/b/same.txt', kind: 'file', abs: path.join(src, 'a/b/same.txt'), st: statSync(path.join(src, 'a/b/same.txt')) },
+        { rel: 'a', kind: 'directory' },
+        { rel: 'a/b', kind: 'directory' },
+        { rel: 'a/b/ln', kind: 'symlink', linkTarget: '../one.txt' },
+        { rel: 'a/one.txt', kind: 'file', abs: path.join(src, 'a/one.txt'), st: statSync(path.join(src, 'a/one.txt')) },
+        { rel: 'a/b/big.bin', kind: 'file', abs: path.join(src, 'a/b/big.bin'), st: statSync(path.join(src, 'a/b/big.bin')) },
+      ], opts);
+      const fromTree = await collect(described.stream);
+      expect(await described.diffId).toBe(await onDisk.diffId);
+      expect(fromTree.equals(fromDisk)).toBe(true);
+      expect((await readTar(gunzipSync(fromTree))).map((e) => e.header.type)).not.toContain('link');
+    }
+  });
+
+  it('refuses an entry whose name would read as a whiteout, naming it', async () => {
+    const packed = packTree([{ rel: 'a/.wh.x', kind: 'symlink', linkTarget: 'y' }], { mtime: 0, owner: () => ({ uid: 0, gid: 0 }), mode: () => 0o644 });
+    packed.diffId.catch(() => undefined);
+    packed.entries.catch(() => undefined);
+    await expect(collect(packed.stream)).rejects.toThrow(/a\/\.wh\.x: a file named "\.wh\.\*" cannot be stored in a layer/);
   });
 });

@@ -14,7 +14,8 @@ describe('relInside', () => {
     ['/ctx', '/ctx/a/b'], ['/ctx', '/ctx'], ['/ctx', '/ctx/'], ['/ctx', '/ctxa/b'], ['/ctx', '/ctx/../etc'],
     ['/ctx', '/ctx/a/../../etc'], ['/ctx', '/ctx/./a'], ['/ctx', '/ctx//a'], ['/ctx', '/ctx/a/'], ['/ctx', '/ctx/..env'],
     ['/ctx', '/ctx/a/..'], ['/ctx', '/ctx/a/.'], ['/', '/etc/passwd'], ['/', '/'], ['/ctx/', '/ctx/a'],
-    ['/ctx/./x', '/ctx/x/a'], ['/ctx', '/ctx/a/.b/..c'], ['/a/b', '/a/b/c/d/e'],
+    ['/ctx/./x', '/ctx/x/a'], ['/ctx', '/ctx/a/.b/..c'], ['/a/b', '/a/b/c/d/e'], ['/a/b', '/a/c'], ['/a/b', '/a'],
+    ['/a/b', '/a/b/../b/c'], ['/a/../a/b', '/a/b/c'], ['a/b', 'a/b/c'], ['/a/b', 'a/b/c'], ['/', '/a'], ['/a/b.', '/a/b./c'],
   ];
   it.each(cases)('%s contains %s as path.relative says', (root, abs) => {
     expect(relInside(root, abs)).toBe(reference(root, abs));

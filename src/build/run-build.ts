@@ -30,7 +30,7 @@ import type { RuntimeConfig } from '../oci/image-config.js';
 import { CopyDestinationError, mergeDirs, planCopy, type CopyPlan, type DirMeta } from '../exec/copy-step.js';
 import { destinationIssue, validateSources } from './validate-sources.js';
 import { buildGraph, imagesFor, nodeId } from '../graph/build-graph.js';
-import { packLayer } from '../oci/layer-pack.js';
+import { packTree } from '../oci/layer-pack.js';
 import type { ArchiveKind } from '../oci/archive.js';
 import { assembleImages, type BuiltImage } from './assemble.js';
 import { copyInputs, copyMaterial, copySelections } from './copy-inputs.js';
@@ -591,22 +591,18 @@ class BuildRun {
     return { to: to.kind === 'dir' ? `dir:${to.path}` : `registry:${to.ref}`, records: records.length, blobs, bytes };
   }
 
+  /** A copy step's layer, packed straight from its sources: no staging copy in an upper. */
   private async buildLayer(plan: CopyPlan): Promise<LayerRef | null> {
     if (plan.isEmpty) return null;
-    const upper = path.join(this.tmpRoot, randomBytes(6).toString('hex'));
-    await mkdir(upper);
-    try {
-      await plan.write(upper);
-      const packed = packLayer(upper, {
-        mtime: this.opts.sourceDateEpoch,
-        owner: (rel) => plan.meta(rel),
-        mode: (rel) => plan.meta(rel).mode,
-      });
-      const blob = await this.store.ingest(packed.stream);
-      return { digest: blob.digest, size: blob.size, diffId: await packed.diffId };
-    } finally {
-      await rm(upper, { recursive: true, force: true });
-    }
+    const packed = packTree(plan.treeEntries(), {
+      mtime: this.opts.sourceDateEpoch,
+      owner: (rel) => plan.meta(rel),
+      mode: (rel) => plan.meta(rel).mode,
+    });
+    const blob = await this.store.ingest(packed.stream);
+    // Before the layer is recorded under a key that was computed from the files' earlier content.
+    await plan.checkUnchanged();
+    return { digest: blob.digest, size: blob.size, diffId: await packed.diffId };
   }
 
   /** What a step sits on: its needs (in layer order), or its image's base. */

@@ -1,6 +1,6 @@
 /**
- * Execute a copy step: decide what its layer holds, then write that into an
- * empty upper directory.
+ * Plan a copy step: decide what its layer holds, entry by entry, so the
+ * packer can read each file straight from the context (no upper directory).
  *
  * Where things land follows Docker's COPY rules, read from the text of `to`
  * alone (as `COPY --link` does): a trailing `/` or several sources make `to`
@@ -14,14 +14,14 @@
  * has there, as in Docker; a directory that is new gets 0755 and the step's
  * owner. A linked step sees nothing below, so its directories are all new.
  *
- * Modes and owners live in the plan, not on disk: the upper stays readable
- * and writable by us (no root needed, any umask), and the packer takes the
- * layer's modes and owners from the plan.
+ * Modes and owners live in the plan, not on disk: nothing is written but the
+ * layer (no root needed, any umask), and the packer takes the layer's modes
+ * and owners from the plan.
  */
-import { constants } from 'node:fs';
-import { chmod, copyFile, mkdir, stat, symlink } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { SelectedEntry, Selection } from '../context/select.js';
+import type { TreeEntry } from '../oci/layer-pack.js';
 import { runBounded } from '../util/bounded.js';
 
 export const DIR_MODE = 0o755;
@@ -78,13 +78,12 @@ export function planCopy(selections: Selection[], target: CopyTarget, below: Dir
   return plan;
 }
 
-/** Files copied at once: each copy waits mostly on the filesystem, not the CPU. */
-const PARALLEL_COPIES = 16;
+/** Files re-checked at once: each stat waits on the filesystem, not the CPU. */
+const PARALLEL_STATS = 16;
 
 /**
- * What the upper will hold, decided in memory first so that a later source
- * replaces an earlier one exactly as sequential copies would, and the writes
- * themselves can then run in parallel into an empty directory.
+ * What the layer will hold, decided in memory so that a later source
+ * replaces an earlier one exactly as sequential copies would.
  */
 export class CopyPlan {
   private readonly entries = new Map<string, Planned>();
@@ -156,31 +155,30 @@ export class CopyPlan {
     this.entries.set(rel, p);
   }
 
-  /** Directories first, then files in parallel; each file re-checked against the stat its hash was taken with. */
-  async write(upper: string): Promise<void> {
-    const all = [...this.entries];
-    const dirs = all.filter(([, p]) => p.kind === 'dir').sort(([a], [b]) => (a < b ? -1 : 1));
-    for (const [rel] of dirs) {
-      await mkdir(path.join(upper, rel));
-      await chmod(path.join(upper, rel), 0o700);
-    }
-    const writes = all.flatMap(([rel, p]) => {
-      const dest = path.join(upper, rel);
-      if (p.kind === 'link') return [() => symlink(p.target, dest)];
-      if (p.kind === 'file') return [() => copyUnchanged(p.entry, dest)];
-      return [];
+  /** The layer's entries, to pack straight from the sources (see packTree). */
+  treeEntries(): TreeEntry[] {
+    return [...this.entries].map(([rel, p]): TreeEntry => {
+      if (p.kind === 'dir') return { rel, kind: 'directory' };
+      if (p.kind === 'link') return { rel, kind: 'symlink', linkTarget: p.target };
+      return { rel, kind: 'file', abs: p.entry.abs, st: p.entry.stat };
     });
-    await runBounded(writes, PARALLEL_COPIES);
+  }
+
+  /**
+   * Fails when a source file changed since its hash was taken (after
+   * packing it straight from the context): the key would not describe the layer.
+   */
+  async checkUnchanged(): Promise<void> {
+    const files = [...this.entries.values()].flatMap((p) => (p.kind === 'file' ? [p.entry] : []));
+    await runBounded(files.map((e) => () => assertUnchanged(e)), PARALLEL_STATS);
   }
 }
 
-async function copyUnchanged(e: SelectedEntry, dest: string): Promise<void> {
-  await copyFile(e.abs, dest, constants.COPYFILE_FICLONE);
-  await chmod(dest, 0o600);
+async function assertUnchanged(e: SelectedEntry): Promise<void> {
   const now = await stat(e.abs);
   const was = e.stat;
   if (now.size !== was.size || now.mtimeMs !== was.mtimeMs || now.ctimeMs !== was.ctimeMs || now.ino !== was.ino) {
-    throw new InputChangedError(`${e.abs} changed while it was being copied; run the build again`);
+    throw new InputChangedError(`${e.abs} changed while it was being packed; run the build again`);
   }
 }
 

@@ -61,6 +61,57 @@ export function packLayer(
   upperDir: string,
   opts: PackOptions,
 ): { stream: Readable; diffId: Promise<string>; entries: Promise<number> } {
+  return packFound(async () => {
+    const found: Found[] = [];
+    await walk(path.resolve(upperDir), '', found);
+    return found;
+  }, opts);
+}
+
+/** An entry of a tree that is described rather than on disk (a copy step's plan). */
+export interface TreeEntry {
+  /** Path in the layer, relative, no trailing slash. */
+  rel: string;
+  kind: 'file' | 'directory' | 'symlink';
+  /** For a file: where its bytes are read from, and that file's stat (its size is what is packed). */
+  abs?: string;
+  st?: fs.Stats;
+  /** For a symlink: its target. */
+  linkTarget?: string;
+}
+
+/**
+ * Packs a tree described entry by entry, reading each file from where it
+ * is: a copy step's layer straight from the build context, without first
+ * copying it into an upper directory. Gives the same tar as packLayer on an
+ * upper holding the same entries (each file its own inode: files the source
+ * hardlinks are packed as separate files, as a copy makes them). Owners and
+ * modes come from the caller.
+ */
+export function packTree(
+  entries: readonly TreeEntry[],
+  opts: PackOptions & Required<Pick<PackOptions, 'owner' | 'mode'>>,
+): { stream: Readable; diffId: Promise<string>; entries: Promise<number> } {
+  return packFound(async () => entries.map(treeFound), opts);
+}
+
+function treeFound(e: TreeEntry): Found {
+  const base = e.rel.slice(e.rel.lastIndexOf('/') + 1);
+  if (base.startsWith(WHITEOUT_PREFIX)) {
+    throw new Error(`${e.abs ?? e.rel}: a file named "${WHITEOUT_PREFIX}*" cannot be stored in a layer (it would read as a whiteout)`);
+  }
+  const name = e.kind === 'directory' ? `${e.rel}/` : e.rel;
+  if (e.kind === 'file' && (!e.abs || !e.st)) throw new Error(`internal: file ${e.rel} of a packed tree has no source`);
+  // Directories and links are described whole by the caller's owner/mode and linkTarget: their stat is never read.
+  return { rel: e.rel, abs: e.abs ?? '', st: e.st ?? NO_STAT, kind: e.kind, name, sortKey: Buffer.from(name, 'utf8'), independent: true, linkTarget: e.linkTarget };
+}
+
+const NO_STAT = Object.freeze({ nlink: 1, size: 0, rdev: 0, uid: 0, gid: 0, mode: 0 }) as fs.Stats;
+
+function packFound(
+  collect: () => Promise<Found[]>,
+  opts: PackOptions,
+): { stream: Readable; diffId: Promise<string>; entries: Promise<number> } {
   // tar-stream writes mtime through a 32-bit `| 0`, so anything outside this
   // range would silently come out as a different date.
   if (!Number.isInteger(opts.mtime) || opts.mtime < 0 || opts.mtime > 0x7fffffff) {
@@ -74,7 +125,7 @@ export function packLayer(
 
   const pax: PaxState | undefined = opts.xattrs ? { marker: newPaxMarker(), written: 0 } : undefined;
   const patcher = pax ? new PaxMarkerPatcher(pax.marker) : undefined;
-  const producing = writeEntries(pack, path.resolve(upperDir), opts, pax);
+  const producing = writeEntries(pack, collect, opts, pax);
   producing.then(
     () => pack.finalize(),
     (err: unknown) => pack.destroy(err as Error),
@@ -129,6 +180,10 @@ interface Found {
   name: string;
   /** the same string as UTF-8, which is what the tar order is defined on */
   sortKey: Buffer;
+  /** Never a hardlink to another entry, whatever its link count (a file of a packed tree). */
+  independent?: boolean;
+  /** A symlink's target when known without reading the link. */
+  linkTarget?: string | undefined;
 }
 
 /** Entries with extended attributes go out as a marker entry that becomes their PAX header (see pax-xattrs.ts). */
@@ -137,9 +192,8 @@ interface PaxState {
   written: number;
 }
 
-async function writeEntries(pack: tar.Pack, upperDir: string, opts: PackOptions, pax: PaxState | undefined): Promise<number> {
-  const found: Found[] = [];
-  await walk(upperDir, '', found);
+async function writeEntries(pack: tar.Pack, collect: () => Promise<Found[]>, opts: PackOptions, pax: PaxState | undefined): Promise<number> {
+  const found = await collect();
   found.sort((a, b) => Buffer.compare(a.sortKey, b.sortKey));
 
   const owner = opts.owner ?? ((_rel: string, st: fs.Stats) => ({ uid: st.uid, gid: st.gid }));
@@ -187,7 +241,7 @@ async function writeEntries(pack: tar.Pack, upperDir: string, opts: PackOptions,
 
     switch (f.kind) {
       case 'file': {
-        const key = f.st.nlink > 1 ? await inodeKey(f.abs) : null;
+        const key = f.st.nlink > 1 && !f.independent ? await inodeKey(f.abs) : null;
         const first = key === null ? undefined : firstNameOfInode.get(key);
         if (first !== undefined) {
           await queue.add(pack, await withAttrs({ ...header, type: 'link', linkname: first, size: 0 }));
@@ -214,7 +268,7 @@ async function writeEntries(pack: tar.Pack, upperDir: string, opts: PackOptions,
         }
         break;
       case 'symlink':
-        await queue.add(pack, await withAttrs({ ...header, linkname: await readlink(f.abs) }));
+        await queue.add(pack, await withAttrs({ ...header, linkname: f.linkTarget ?? (await readlink(f.abs)) }));
         break;
       case 'character-device':
       case 'block-device':
@@ -415,7 +469,7 @@ class Prefetcher {
     const end = Math.min(this.found.length, i + PREFETCH_WINDOW);
     for (this.next = Math.max(this.next, i); this.next < end; this.next++) {
       const f = this.found[this.next]!;
-      if (f.kind === 'file' && f.st.size <= PREFETCH_MAX_SIZE && f.st.nlink === 1) {
+      if (f.kind === 'file' && f.st.size <= PREFETCH_MAX_SIZE && (f.st.nlink === 1 || f.independent)) {
         const read = readExactly(f.abs, f.st.size);
         read.catch(() => undefined);
         this.reads.set(this.next, read);
