@@ -26,6 +26,26 @@ describe('canonicalJson', () => {
   it('drops undefined properties, like JSON.stringify', () => {
     expect(canonicalJson({ a: undefined, b: null })).toBe('{"b":null}');
   });
+
+  it('gives the text JSON.stringify gives for a key-sorted copy, for any plain value (keys stay stable)', () => {
+    const sorted = (v: unknown): unknown =>
+      Array.isArray(v) ? v.map(sorted)
+        : v !== null && typeof v === 'object'
+          ? Object.fromEntries(Object.keys(v).sort().filter((k) => (v as Record<string, unknown>)[k] !== undefined).map((k) => [k, sorted((v as Record<string, unknown>)[k])]))
+          : v;
+    let seed = 7;
+    const rand = (n: number): number => ((seed = (seed * 1103515245 + 12345) >>> 0) % n);
+    const leaf = (): unknown => [null, undefined, true, false, 0, -0, 1.5, NaN, Infinity, -3, 'x', 'ü"\\\n', '', () => 1, new Date(0)][rand(15)];
+    const value = (depth: number): unknown => {
+      if (depth === 0 || rand(3) === 0) return leaf();
+      if (rand(2)) return Array.from({ length: rand(4) }, () => value(depth - 1));
+      return Object.fromEntries(Array.from({ length: rand(5) }, () => [['b', 'a', 'é', '10', '9', 'path', 'A'][rand(7)]!, value(depth - 1)]));
+    };
+    for (let i = 0; i < 2000; i++) {
+      const v = value(5);
+      expect(canonicalJson(v)).toBe(JSON.stringify(sorted(v)) ?? 'null');
+    }
+  });
 });
 
 describe('toHex64 / hashValue', () => {

@@ -20,6 +20,9 @@ export async function copyInputs(step: CopyStep, selections: Selection[], hasher
   const prefix = step.fromImage ? `${step.fromImage.image}:/` : '';
   const inputs: InputFile[] = [];
   const hashes: Array<() => Promise<void>> = [];
+  // Files the stat cache vouches for are answered here, without a promise each: on a no-op
+  // rebuild that is every file, and thousands of promises cost more than the lookups.
+  await hasher.ready?.();
   for (const sel of selections) {
     for (const e of sel.entries) {
       const p = `${prefix}${e.rel ? `${sel.source === '.' ? '' : `${sel.source}/`}${e.rel}` : sel.source}`;
@@ -29,7 +32,9 @@ export async function copyInputs(step: CopyStep, selections: Selection[], hasher
       else {
         const input: InputFile = { path: p, type: 'file', mode, size: e.stat.size };
         inputs.push(input);
-        hashes.push(async () => void (input.hash = await hasher.hash(e.abs, e.stat)));
+        const known = hasher.known?.(e.abs, e.stat);
+        if (known !== undefined) input.hash = known;
+        else hashes.push(async () => void (input.hash = await hasher.hash(e.abs, e.stat)));
       }
     }
   }

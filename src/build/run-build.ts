@@ -297,18 +297,20 @@ class BuildRun {
         const selections = snapshot
           ? await copySelections(step, snapshot.root, { realModes: snapshot.realModes })
           : await copySelections(step, this.spec.context, { filter: this.filter });
-        const plan = planCopy(selections, step, parentDirs);
+        // Planned only when something needs it (a miss, or a step above asking for directories):
+        // a hit of a thousand files need not lay them out. `to` was checked before the build began.
+        const plan = once(async () => planCopy(selections, step, parentDirs));
         const material = copyMaterial(step, await copyInputs(step, selections, this.hasher), parent?.chain ?? null, this.opts.sourceDateEpoch);
         const key = await stepKey(material);
-        const ownDirs = plan.dirs();
+        const ownDirs = once(async () => (await plan()).dirs());
         publish(
           below.then(async (b) => ({
             chain: await chainKey(b.chain, key),
-            dirs: once(async () => mergeDirs(await b.dirs(), ownDirs)),
-            ownDirs: async () => ownDirs,
+            dirs: once(async () => mergeDirs(await b.dirs(), await ownDirs())),
+            ownDirs,
           })),
         );
-        const result = await this.reuseOrBuild(image, step, key, material, startMs, () => this.buildLayer(plan));
+        const result = await this.reuseOrBuild(image, step, key, material, startMs, async () => this.buildLayer(await plan()));
         this.finish(result);
         return result.layer;
       });

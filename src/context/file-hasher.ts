@@ -11,6 +11,10 @@ import { StatCache } from './stat-cache.js';
 
 export interface FileHasher {
   hash(absPath: string, st: Stats): Promise<string>;
+  /** Prepares `known`. */
+  ready?(): Promise<void>;
+  /** A hash known without reading the file (the stat cache vouches for it), answered synchronously. */
+  known?(absPath: string, st: Stats): string | undefined;
 }
 
 export class ContentHasher implements FileHasher {
@@ -34,6 +38,14 @@ export class ContentHasher implements FileHasher {
       this.inflight.set(id, p);
     }
     return p;
+  }
+
+  ready(): Promise<void> {
+    return this.stats.ready();
+  }
+
+  known(absPath: string, st: Stats): string | undefined {
+    return this.stats.known(absPath, st);
   }
 
   /** Keeps what this run hashed for the next one. */

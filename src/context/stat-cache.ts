@@ -58,6 +58,16 @@ export class StatCache {
 
   async lookup(absPath: string, st: Stats): Promise<string | undefined> {
     await this.load();
+    return this.known(absPath, st);
+  }
+
+  /** Loads the file; after this, `known` answers without a promise per file. */
+  async ready(): Promise<void> {
+    await this.load();
+  }
+
+  /** The hash this stat vouches for, once loaded (see `ready`); undefined when unknown or not loaded yet. */
+  known(absPath: string, st: Stats): string | undefined {
     const e = this.entries.get(absPath);
     if (!e || !matches(e, st)) return undefined;
     this.used.add(absPath);

@@ -23,20 +23,58 @@ export async function hashValue(value: unknown): Promise<string> {
   return toHex64(h64(canonicalJson(value)));
 }
 
-/** JSON with object keys sorted at every level, so equal values give equal text. */
+/**
+ * JSON with object keys sorted at every level, so equal values give equal
+ * text: the same text as JSON.stringify of a key-sorted copy (undefined
+ * properties left out, undefined array items as null, integer-like keys
+ * first), written directly because keys of thousand-file steps are
+ * computed on every run.
+ */
 export function canonicalJson(value: unknown): string {
-  return JSON.stringify(sortKeys(value));
+  return write(value) ?? 'null';
 }
 
-function sortKeys(value: unknown): unknown {
-  if (Array.isArray(value)) return value.map(sortKeys);
-  if (value !== null && typeof value === 'object') {
-    const out: Record<string, unknown> = {};
-    for (const k of Object.keys(value).sort()) {
-      const v = (value as Record<string, unknown>)[k];
-      if (v !== undefined) out[k] = sortKeys(v);
-    }
-    return out;
+function write(value: unknown): string | undefined {
+  if (value === null) return 'null';
+  switch (typeof value) {
+    case 'string':
+    case 'number':
+    case 'boolean':
+      return JSON.stringify(value);
+    case 'object':
+      break;
+    case 'bigint':
+      return JSON.stringify(value); // throws, as JSON.stringify does
+    default:
+      return undefined; // undefined, functions, symbols: left out, as JSON.stringify does
   }
-  return value;
+  if (Array.isArray(value)) {
+    let out = '[';
+    for (let i = 0; i < value.length; i++) out += `${i ? ',' : ''}${write(value[i]) ?? 'null'}`;
+    return `${out}]`;
+  }
+  let out = '{';
+  let first = true;
+  for (const k of sortedKeys(value as object)) {
+    const v = write((value as Record<string, unknown>)[k]);
+    if (v === undefined) continue;
+    out += `${first ? '' : ','}${JSON.stringify(k)}:${v}`;
+    first = false;
+  }
+  return `${out}}`;
+}
+
+/**
+ * Keys sorted, in the order a key-sorted copy of the object enumerates them:
+ * JavaScript puts integer-like keys ("9", "10") first, in numeric order.
+ */
+function sortedKeys(value: object): string[] {
+  const keys = Object.keys(value).sort();
+  const indices = keys.filter(isArrayIndex);
+  if (indices.length === 0) return keys;
+  return [...indices.sort((a, b) => Number(a) - Number(b)), ...keys.filter((k) => !isArrayIndex(k))];
+}
+
+function isArrayIndex(k: string): boolean {
+  return /^(0|[1-9]\d*)$/.test(k) && Number(k) < 2 ** 32 - 1;
 }
