@@ -2,6 +2,8 @@
  * The closed set of errors users see. Each has a stable `code` that tests and
  * callers branch on; only the CLI entry maps them to exit codes.
  */
+import { existsSync, readFileSync } from 'node:fs';
+import nodePath from 'node:path';
 
 /** A position in a source file, 1-based, as editors show it. */
 export interface SourcePos {
@@ -22,7 +24,10 @@ export type ErrorCode =
   | 'REGISTRY_DENIED'
   | 'REGISTRY_NOT_FOUND'
   | 'REGISTRY_FAILED'
-  | 'BLOB_DIGEST_MISMATCH';
+  | 'BLOB_DIGEST_MISMATCH'
+  | 'DISK_FULL'
+  /** Stopped by SIGINT/SIGTERM (the CLI exits 130/143 by the signal, not by this code). */
+  | 'INTERRUPTED';
 
 export class LayergraphError extends Error {
   constructor(
@@ -87,6 +92,45 @@ export class CacheCorruptError extends LayergraphError {
   constructor(message: string) {
     super('CACHE_CORRUPT', message);
   }
+}
+
+/**
+ * The file system (or the user's quota on it) ran out of space while
+ * layergraph wrote `path`. The message names what a user can act on — the
+ * cache directory or output layout `path` is in, and the file system's mount
+ * point — with `path` itself (often a staging file) as the detail.
+ */
+export class DiskFullError extends LayergraphError {
+  /** The cache directory or output layout `path` is in, when it is in one. */
+  readonly place: { kind: 'cache directory' | 'output layout'; dir: string } | undefined;
+  /** Where the full file system is mounted, when /proc says. */
+  readonly mountPoint: string | undefined;
+
+  constructor(
+    readonly path: string,
+    options?: { cause?: unknown },
+  ) {
+    const place = placeOf(path);
+    const mountPoint = mountPointOf(path);
+    const where = place ? `the ${place.kind} ${place.dir}` : path;
+    const fs = mountPoint ? ` (the file system on ${mountPoint} is full)` : '';
+    const detail = place ? ` while writing ${path}` : '';
+    const flag = place?.kind === 'cache directory' ? '--cache-dir' : place ? '--out' : '--cache-dir/--out';
+    super('DISK_FULL', `no space left on device in ${where}${fs}${detail}; free space there (or point ${flag} elsewhere) and run again`, options);
+    this.place = place;
+    this.mountPoint = mountPoint;
+  }
+}
+
+/**
+ * `err` as a DiskFullError when the system said ENOSPC or EDQUOT, naming
+ * `path` (the file the caller was writing), or else the path the error names
+ * itself (a stream's write names none); any other error as it is.
+ */
+export function asDiskFull(err: unknown, path?: string): unknown {
+  const e = err as (NodeJS.ErrnoException & { dest?: string }) | undefined;
+  if (e?.code !== 'ENOSPC' && e?.code !== 'EDQUOT') return err;
+  return new DiskFullError(path ?? e.dest ?? e.path ?? '(a path the system did not name)', { cause: err });
 }
 
 /** An image (a layout we read, a layer in it) that is damaged or not what its descriptors say. */
@@ -163,4 +207,33 @@ export class RegistryError extends LayergraphError {
 function describeSubject(s: RegistryErrorSubject): string {
   const repo = s.repository ? `/${s.repository}` : '';
   return s.object ? `${s.registry}${repo}: ${s.object}` : `${s.registry}${repo}`;
+}
+
+/**
+ * The layergraph cache (a directory with `blobs/` and `records/` or `ingest/`)
+ * or OCI layout (with an `oci-layout` file) that `file` is in, if any.
+ */
+function placeOf(file: string): DiskFullError['place'] {
+  for (let dir = nodePath.dirname(nodePath.resolve(file)); dir !== nodePath.dirname(dir); dir = nodePath.dirname(dir)) {
+    if (existsSync(nodePath.join(dir, 'oci-layout'))) return { kind: 'output layout', dir };
+    if (existsSync(nodePath.join(dir, 'leases')) || (existsSync(nodePath.join(dir, 'blobs')) && existsSync(nodePath.join(dir, 'ingest')))) {
+      return { kind: 'cache directory', dir };
+    }
+  }
+  return undefined;
+}
+
+/** The mount point of the file system `file` is on: the longest mount point that is a prefix of it (/proc/self/mountinfo). */
+function mountPointOf(file: string): string | undefined {
+  let best: string | undefined;
+  try {
+    const abs = nodePath.resolve(file);
+    for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+      const mp = line.split(' ')[4]?.replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+      if (mp && (abs === mp || abs.startsWith(mp.endsWith('/') ? mp : `${mp}/`)) && mp.length >= (best?.length ?? 0)) best = mp;
+    }
+  } catch {
+    // not Linux: the path alone
+  }
+  return best;
 }

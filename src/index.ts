@@ -17,6 +17,7 @@ export {
   PathEscapeError,
   StepError,
   CacheCorruptError,
+  DiskFullError,
   UsageError,
   formatIssue,
   type ConfigIssue,

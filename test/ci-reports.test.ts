@@ -141,7 +141,7 @@ describe('GitHub Actions annotations', () => {
     const dir = await project(BUILD.replace('copy: app.conf', 'copy: 50%.conf'));
     const res = await runCli(['validate', 'build.yaml'], { cwd: dir, env: actions });
     expect(res.exitCode).toBe(2);
-    expect(res.stdout).toBe('::error file=build.yaml,line=9,col=15::copy source `50%25.conf` does not exist in the build context\n');
+    expect(res.stdout).toBe('::error file=build.yaml,line=9,col=15::app/conf: copy source `50%25.conf` does not exist in the build context\n');
     expect(errorAnnotation('a\r\nb%', undefined, dir)).toBe('::error::a%0D%0Ab%25');
   });
 

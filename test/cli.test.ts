@@ -42,6 +42,7 @@ describe('layergraph --help / --version', () => {
     expect(res.stdout).toMatch(/run\s+build the images/);
     expect(res.stdout).toMatch(/validate\s+check a build file/);
     expect(res.stdout).toMatch(/2 invalid build file/);
+    expect(res.stdout).toMatch(/130 interrupted \(SIGINT\), 143 terminated \(SIGTERM\)/);
   });
 
   it('prints the flags of one command', async () => {
@@ -86,7 +87,7 @@ describe('layergraph validate', () => {
     const dir = await project(BUILD.replace('copy: app.conf', 'copy: missing.conf'));
     const res = await runCli(['validate', path.join(dir, 'build.yaml')]);
     expect(res.exitCode).toBe(2);
-    expect(res.stderr).toMatch(/build\.yaml:10:15: copy source `missing.conf` does not exist in the build context/);
+    expect(res.stderr).toMatch(/build\.yaml:10:15: app\/conf: copy source `missing.conf` does not exist in the build context/);
     expect(res.stderr).toContain('copy: missing.conf');
   });
 
@@ -97,7 +98,7 @@ describe('layergraph validate', () => {
     execFileSync('ln', ['-s', path.join(outside, 'secret'), path.join(dir, 'sneaky')]);
     const res = await runCli(['validate', path.join(dir, 'build.yaml')]);
     expect(res.exitCode).toBe(2);
-    expect(res.stderr).toMatch(/build\.yaml:10:15: copy source `sneaky` leaves the build context/);
+    expect(res.stderr).toMatch(/build\.yaml:10:15: app\/conf: copy source `sneaky` leaves the build context/);
   });
 
   it('reports a cycle with its path', async () => {

@@ -298,11 +298,11 @@ describe('semantic problems', () => {
               to: /x
     `);
     expect(issues.map((i) => [i.path, `${i.pos.line}:${i.pos.col}`, i.message])).toEqual([
-      ['images.api.steps[0].copy[1]', '8:28', 'copy source `../x` leaves the build context'],
-      ['images.api.steps[0].copy[2]', '8:34', 'copy source `a/../../x` leaves the build context'],
-      ['images.api.steps[0].copy[3]', '8:45', 'copy source `/etc/passwd` is an absolute path; copy sources are relative to the build context'],
-      ['images.api.steps[0].copy[4]', '8:58', 'copy source `..` leaves the build context'],
-      ['images.api.steps[1].copy', '11:15', 'copy source `../up` leaves the build context'],
+      ['images.api.steps[0].copy[1]', '8:28', 'api/a: copy source `../x` leaves the build context'],
+      ['images.api.steps[0].copy[2]', '8:34', 'api/a: copy source `a/../../x` leaves the build context'],
+      ['images.api.steps[0].copy[3]', '8:45', 'api/a: copy source `/etc/passwd` is an absolute path; copy sources are relative to the build context'],
+      ['images.api.steps[0].copy[4]', '8:58', 'api/a: copy source `..` leaves the build context'],
+      ['images.api.steps[1].copy', '11:15', 'api/b: copy source `../up` leaves the build context'],
     ]);
   });
 

@@ -1,4 +1,4 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -198,6 +198,27 @@ describe('parseBuildFile: a valid file', () => {
     expect(spec.images[1]!.steps[0]!.pos).toEqual(at(9, 17));
   });
 
+  it('reads a merge key written with its tag (`!!merge <<:`) as a merge key', () => {
+    const spec = parseBuildFile(
+      yaml`
+        version: 1
+        x-defaults: &defaults {workdir: /srv}
+        images:
+          one:
+            !!merge <<: *defaults
+            steps: [{id: a, copy: lib/, to: /lib/}]
+          two:
+            !!merge <<: {workdir: /other, env: {A: "1"}}
+            steps: [{id: b, copy: lib/, to: /lib/}]
+      `,
+      FILE,
+    );
+    expect(spec.images.map((i) => [i.name, i.workdir, i.env])).toEqual([
+      ['one', '/srv', {}],
+      ['two', '/other', { A: '1' }],
+    ]);
+  });
+
   it('names the file relative to the working directory when under it, else absolute', () => {
     const text = yaml`
       version: 1
@@ -215,6 +236,7 @@ describe('loadBuildFile', () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'lg-config-'));
     try {
       const file = path.join(dir, 'build.yaml');
+      await mkdir(path.join(dir, 'sub'));
       await writeFile(file, yaml`
         version: 1
         context: sub

@@ -1,14 +1,20 @@
 /**
  * Ctrl-C in the middle of a build: the process stops starting steps, exits
- * 130, leaves no temp files, and the cache it leaves behind is valid — the
- * next run reuses what finished and gives the same digests as a clean build.
+ * 130 (143 for SIGTERM), leaves no temp files, and the cache it leaves behind
+ * is valid — the next run reuses what finished and gives the same digests as
+ * a clean build. Interrupts at other named moments (packing, storing, writing
+ * the layout) are in test/faults.test.ts; Ctrl-C while a command runs in
+ * test/run-steps.integration.test.ts.
  */
 import { spawn } from 'node:child_process';
 import { readFile, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { busyboxContext, hasStaticBusybox } from './helpers/busybox.js';
 import { REPO, spawnCli } from './helpers/cli.js';
+import { cacheProblems, mountsBelow, spawnLayergraph } from './helpers/faults.js';
 import { makeTree, useTmpDirs, type TreeSpec } from './helpers/tmp.js';
+import { hasTool } from './helpers/tools.js';
 
 const tmpDir = useTmpDirs();
 
@@ -64,4 +70,48 @@ describe('interrupting a build', () => {
     const cleanReport = JSON.parse(await readFile(path.join(dir, 'clean.json'), 'utf8')) as typeof report;
     expect(report.images[0]!.manifestDigest).toBe(cleanReport.images[0]!.manifestDigest);
   });
+
+  it('exits 143 on SIGTERM, with the same cleanups', async () => {
+    const dir = await bigProject();
+    const cache = path.join(dir, 'cache');
+    const args = ['run', path.join(dir, 'build.yaml'), '--cache-dir', cache, '--out', path.join(dir, 'out'), '--jobs', '1', '--progress', 'plain'];
+    let sent = false;
+    const res = await spawnLayergraph(args, {
+      cwd: dir,
+      onStderr: (all, pid) => {
+        if (!sent && (all.match(/MISS big\//g) ?? []).length >= 2) {
+          sent = true;
+          process.kill(pid, 'SIGTERM');
+        }
+      },
+    });
+    expect(sent).toBe(true);
+    expect(res.exitCode, res.stderr).toBe(143);
+    expect(res.stderr).toMatch(/interrupted: the cache is intact/);
+    expect(await cacheProblems(cache)).toEqual([]);
+  });
+
+  // Root, runc and a static busybox: a command that would run for minutes.
+  const RUN_READY = process.getuid?.() === 0 && hasStaticBusybox() && hasTool('runc');
+  it.skipIf(!RUN_READY)('SIGTERM while a command runs: the command is stopped, everything unmounted, exit 143', async () => {
+    const dir = await tmpDir();
+    const file = await busyboxContext(dir, `  slow:\n    from: base\n    steps:\n      - id: sleeper\n        run: echo started; sleep 300\n`);
+    const cache = path.join(dir, 'cache');
+    let sent = false;
+    // A run that waited for the command would take 300 s: the test's timeout catches that.
+    const res = await spawnLayergraph(['run', file, '--cache-dir', cache, '--out', path.join(dir, 'out'), '--progress', 'plain'], {
+      cwd: dir,
+      onStderr: (all, pid) => {
+        if (!sent && all.includes('slow/sleeper | started')) {
+          sent = true;
+          process.kill(pid, 'SIGTERM');
+        }
+      },
+    });
+    expect(sent, res.stderr).toBe(true);
+    expect(res.exitCode, res.stderr).toBe(143);
+    expect(res.stdout).toMatch(/slow\/sleeper\s+SKIPPED/);
+    expect(await mountsBelow(dir)).toEqual([]);
+    expect(await cacheProblems(cache)).toEqual([]);
+  }, 120_000);
 });

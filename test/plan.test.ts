@@ -238,7 +238,7 @@ describe('layergraph plan', () => {
     const dir = await project(BUILD.replace('copy: app.conf', 'copy: missing.conf'));
     const res = await runCli(['plan', path.join(dir, 'build.yaml'), '--cache-dir', path.join(dir, 'cache')], { cwd: dir });
     expect(res.exitCode).toBe(2);
-    expect(res.stderr).toMatch(/build\.yaml:6:26: copy source `missing.conf` does not exist/);
+    expect(res.stderr).toMatch(/build\.yaml:6:26: app\/conf: copy source `missing.conf` does not exist/);
     const good = await project();
     const target = await runCli(['plan', path.join(good, 'build.yaml'), '--target', 'nope']);
     expect(target.exitCode).toBe(2);

@@ -15,6 +15,8 @@ import type { LayerRef } from '../src/cache/step-records.js';
 import { CacheCorruptError } from '../src/errors.js';
 import { applyLayer } from '../src/oci/layer-apply.js';
 import { LayerSnapshots } from '../src/snapshot/layer-snapshots.js';
+import { treeStamp } from '../src/snapshot/tree-stamp.js';
+import { thisHost } from '../src/util/owner-tag.js';
 import { mountOverlay, unmount } from '../src/snapshot/overlay-mount.js';
 import { diffTree, indexTree, materializeRoot } from '../src/snapshot/tree-diff.js';
 import { packUpper } from '../src/snapshot/upper-pack.js';
@@ -177,6 +179,40 @@ describe.skipIf(!canRun)('snapshots on a real overlay mount', () => {
     await expect(snapshots.get(lying)).rejects.toThrow(CacheCorruptError);
     await expect(lstat(snapshots.pathOf(lying.diffId))).rejects.toThrow(/ENOENT/);
     expect(await readdir(path.join(tmp, 'run'))).toEqual([]);
+  });
+});
+
+describe.skipIf(!canRun)('layer snapshots published by several unpackers at once', () => {
+  it('leave one tree, and the stamp of that tree (a loser never writes its own)', async () => {
+    const { store, layers, tmp } = await setup();
+    const cache = path.join(tmp, 'cache');
+    // Separate instances: as separate processes, each unpacks and races for the rename.
+    const dirs = await Promise.all(Array.from({ length: 8 }, (_, i) => new LayerSnapshots(cache, store, () => path.join(tmp, `run${i}`)).get(layers[0]!)));
+    const dir = new LayerSnapshots(cache, store, () => tmp).pathOf(layers[0]!.diffId);
+    expect(new Set(dirs)).toEqual(new Set([dir]));
+    expect(await readFile(`${dir}.stamp`, 'utf8')).toBe(treeStamp(dir));
+    expect(await readdir(path.join(cache, 'ingest'))).toEqual([]);
+    // And the next user finds it whole: no damage said.
+    const said: string[] = [];
+    expect(await new LayerSnapshots(cache, store, () => path.join(tmp, 'next'), (w) => said.push(w)).get(layers[0]!)).toBe(dir);
+    expect(said).toEqual([]);
+  });
+
+  it('a damaged tree another live build holds is left alone: this run unpacks its own copy', async () => {
+    const { store, layers, tmp } = await setup();
+    const cache = path.join(tmp, 'cache');
+    const dir = await new LayerSnapshots(cache, store, () => path.join(tmp, 'run0')).get(layers[0]!);
+    await writeFile(path.join(dir, 'etc', 'conf'), 'changed under a live mount\n');
+    // A lease of a live process of this host (our parent) that holds the layer.
+    await mkdir(path.join(cache, 'leases'), { recursive: true });
+    await writeFile(path.join(cache, 'leases', `${thisHost()}.${process.ppid}-abcd`), `layer ${dir.split('/').pop()}\n`);
+    const said: string[] = [];
+    const run = path.join(tmp, 'run1');
+    const got = await new LayerSnapshots(cache, store, () => run, (w) => said.push(w)).get(layers[0]!);
+    expect(said).toEqual([expect.stringMatching(/was changed since it was unpacked/)]);
+    expect(path.dirname(got)).toBe(run);
+    expect(await readFile(path.join(got, 'etc', 'conf'), 'utf8')).not.toBe('changed under a live mount\n');
+    expect(await readFile(path.join(dir, 'etc', 'conf'), 'utf8')).toBe('changed under a live mount\n');
   });
 });
 

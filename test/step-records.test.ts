@@ -30,7 +30,7 @@ function record(key: string, image = 'api', step = 'src', over: Partial<StepReco
 }
 
 async function tempLeftovers(root: string): Promise<string[]> {
-  return (await listAll(root)).filter((p) => path.basename(p).startsWith('.tmp-'));
+  return (await listAll(root)).filter((p) => path.basename(p).startsWith('.layergraph-tmp-'));
 }
 
 describe('StepRecords', () => {

@@ -14,7 +14,7 @@ import {
   manifestJson,
   type ImageState,
 } from '../oci/image-config.js';
-import { writeLayout, type LayoutImage } from '../oci/layout.js';
+import { stopIfAborted, writeLayout, type LayoutImage } from '../oci/layout.js';
 import { writeArchive, type ArchiveKind } from '../oci/archive.js';
 import type { BaseImage } from '../oci/base-image.js';
 import { describeCopy } from './copy-inputs.js';
@@ -42,6 +42,10 @@ export interface AssembleInput {
   /** Single-file outputs, instead of or besides the layout. */
   archives: Array<{ kind: ArchiveKind; file: string }>;
   sourceDateEpoch: number;
+  /** Told about damage found in what is already in the output layout (it is replaced). */
+  onDamage?: (what: string) => void;
+  /** Once aborted, writing stops between blobs (what is written stays whole). */
+  signal?: AbortSignal;
 }
 
 export async function assembleImages(input: AssembleInput): Promise<BuiltImage[]> {
@@ -106,8 +110,11 @@ export async function assembleImages(input: AssembleInput): Promise<BuiltImage[]
       blobs: [manifest, config, ...state.layers],
     });
   }
-  if (input.outDir) await writeLayout(input.outDir, input.store, layout);
-  for (const a of input.archives) await writeArchive(a.kind, a.file, input.store, layout, input.sourceDateEpoch);
+  if (input.outDir) await writeLayout(input.outDir, input.store, layout, { onDamage: input.onDamage, signal: input.signal });
+  for (const a of input.archives) {
+    stopIfAborted(input.signal);
+    await writeArchive(a.kind, a.file, input.store, layout, input.sourceDateEpoch);
+  }
   return built;
 }
 

@@ -4,6 +4,7 @@
  */
 import path from 'node:path';
 import { runBounded } from '../util/bounded.js';
+import { faultPoint } from '../util/fault-point.js';
 import type { CopyStep } from '../config/types.js';
 import type { FileHasher } from '../context/file-hasher.js';
 import { selectSources, type Selection, type SelectOptions } from '../context/select.js';
@@ -34,7 +35,10 @@ export async function copyInputs(step: CopyStep, selections: Selection[], hasher
         inputs.push(input);
         const known = hasher.known?.(e.abs, e.stat);
         if (known !== undefined) input.hash = known;
-        else hashes.push(async () => void (input.hash = await hasher.hash(e.abs, e.stat)));
+        else hashes.push(async () => {
+          input.hash = await hasher.hash(e.abs, e.stat);
+          faultPoint('hash');
+        });
       }
     }
   }

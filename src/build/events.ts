@@ -28,4 +28,6 @@ export type BuildEvent =
   | { type: 'step-output'; image: string; step: string; line: string }
   /** Something the user should know about how the build runs, e.g. which snapshotter it uses. */
   | { type: 'note'; text: string }
+  /** Damage found in the cache or the output, said once; what it hit is rebuilt, never used. */
+  | { type: 'warning'; text: string }
   | { type: 'step-end'; result: StepResult };

@@ -16,7 +16,7 @@
  * its image, and copies out of its image.
  */
 import { createHash } from 'node:crypto';
-import { access, mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
@@ -35,10 +35,9 @@ import { CacheCorruptError } from '../errors.js';
 import { buildGraph, imagesFor, nodeId } from '../graph/build-graph.js';
 import { stepEdges, type StepEdge } from '../graph/step-edges.js';
 import type { BaseImage } from '../oci/base-image.js';
-import { readJsonIfPresent } from '../util/fs-read.js';
 import { copyInputs, copyMaterial, copySelections } from './copy-inputs.js';
 import { runMaterial, runSettings } from './run-inputs.js';
-import { SnapshotCache, type Snapshot } from './snapshots.js';
+import { readSnapshot, SnapshotCache, type Snapshot } from './snapshots.js';
 import { BaseConfigs, externalChain, imageChainKey, needsChain, needsInLayerOrder, openExternalBase, SCRATCH_CHAIN } from './step-keys.js';
 import { validateSources } from './validate-sources.js';
 
@@ -200,7 +199,7 @@ class Planner {
       }
     }
     // The build's own words for the same two cases (run-build.ts lookupOrBuild).
-    const reason = record ? 'cached layer failed its digest check' : explainMiss((await this.lastRecord(image.name, step.id))?.material, material);
+    const reason = record ? 'cached layer is missing' : explainMiss((await this.lastRecord(image.name, step.id))?.material, material);
     return { planned: { ...base, status: 'miss', reason, layer: null, savedMs: 0 }, chain };
   }
 
@@ -270,10 +269,7 @@ class Planner {
     if ('waitsFor' in layers) return layers;
     const key = await this.imageKey(name);
     if (key.chain === null) return { waitsFor: key.waitsFor };
-    const dir = path.join(this.opts.cacheDir, 'snapshots', key.chain);
-    const modes = await readJsonIfPresent<Array<[string, number]>>(`${dir}.modes.json`);
-    if (modes && (await access(dir).then(() => true, () => false))) return { root: dir, realModes: new Map(modes) };
-    return this.snapshots.materialize(key.chain, layers.layers);
+    return (await readSnapshot(this.opts.cacheDir, key.chain)) ?? this.snapshots.materialize(key.chain, layers.layers);
   }
 
   /** Every layer of image `name`, bottom first, when all of them are in the cache. */
@@ -360,6 +356,8 @@ class ReadThroughStore extends ContentStore {
 }
 
 class ReadOnlyStore extends ContentStore {
+  override readonly keepsBlobs = false;
+
   override async ingest(source: Readable, expected?: string): Promise<BlobInfo> {
     const hash = createHash('sha256');
     let size = 0;

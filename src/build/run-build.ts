@@ -14,17 +14,18 @@
  * which it mounts. `--jobs` bounds the work in flight, not the waiting.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { ContentStore } from '../cache/content-store.js';
 import { explainMiss } from '../cache/explain.js';
+import { openLease } from '../cache/leases.js';
 import { chainKey, stepKey, type KeyMaterial } from '../cache/step-key.js';
 import { StepRecords, type LayerRef, type StepRecord } from '../cache/step-records.js';
 import type { BuildSpec, CopyStep, ImageSpec, RunStep, StepSpec } from '../config/types.js';
 import { loadContextFilter, NO_FILTER, type ContextFilter } from '../context/context-filter.js';
 import { ContentHasher } from '../context/file-hasher.js';
 import { StatCache } from '../context/stat-cache.js';
-import { ConfigError, LayergraphError, StepError, UsageError } from '../errors.js';
+import { asDiskFull, ConfigError, LayergraphError, StepError, UsageError } from '../errors.js';
 import { layerDirs, type BaseImage } from '../oci/base-image.js';
 import type { RuntimeConfig } from '../oci/image-config.js';
 import { CopyDestinationError, mergeDirs, planCopy, type CopyPlan, type DirMeta } from '../exec/copy-step.js';
@@ -36,7 +37,7 @@ import { assembleImages, type BuiltImage } from './assemble.js';
 import { copyInputs, copyMaterial, copySelections } from './copy-inputs.js';
 import type { BuildEvent, StepResult } from './events.js';
 import { Semaphore } from '../util/semaphore.js';
-import { SnapshotCache } from './snapshots.js';
+import { SnapshotCache, type Snapshot } from './snapshots.js';
 import { ownerTag } from '../util/owner-tag.js';
 import { once } from '../util/once.js';
 import { removeTree, sweepStale } from './sweep.js';
@@ -51,6 +52,7 @@ import { parseImageReference, type ImageReference } from '../registry/reference.
 import { pushImages, registryTags, type PushedTag } from './push-images.js';
 import { dirExport, dirImport, fetchChecked, trustworthy, type CacheImport, type CacheRef, type CacheSourceKind } from '../cache/shared-cache.js';
 import { registryExport, registryImport } from '../cache/registry-cache.js';
+import { faultPoint } from '../util/fault-point.js';
 
 export interface BuildOptions {
   cacheDir: string;
@@ -100,6 +102,8 @@ export interface BuildResult {
   merges: Array<MergeChoice & { image: string }>;
   /** Bytes moved to and from registries (set once images and caches are pulled and pushed). */
   transfer?: { pulledBytes: number; pushedBytes: number };
+  /** Damage found in the cache or the output (each said once; what it hit was rebuilt, never used). */
+  warnings?: string[];
 }
 
 /** What a step publishes once it is keyed: enough for the steps above it to be keyed too. */
@@ -170,6 +174,14 @@ class BuildRun {
   private readonly flights = new Map<string, { by: string; done: Promise<Flight> }>();
   private firstError: { error: Error; by: string } | undefined;
   private filter: ContextFilter = NO_FILTER;
+  private readonly warnings: string[] = [];
+  private readonly layerChecks = new Map<string, Promise<string | undefined>>();
+  /** Damage found in the cache or the output: said once (a warning event, and in the result), then rebuilt around. */
+  private readonly warn = (text: string): void => {
+    if (this.warnings.includes(text)) return;
+    this.warnings.push(text);
+    this.emit({ type: 'warning', text });
+  };
 
   constructor(
     private readonly spec: BuildSpec,
@@ -178,13 +190,13 @@ class BuildRun {
     this.layerOrder = buildGraph(spec).layerOrder;
     this.images = imagesFor(spec, opts.targets);
     this.store = new ContentStore(opts.cacheDir);
-    this.records = new StepRecords(opts.cacheDir);
-    this.hasher = new ContentHasher(StatCache.in(opts.cacheDir));
+    this.records = new StepRecords(opts.cacheDir, (file, what) => this.warn(`cache: ${file} is damaged (${what}); not used`));
+    this.hasher = new ContentHasher(StatCache.in(opts.cacheDir, (what) => this.warn(`cache: ${what}`)));
     this.configs = new BaseConfigs(
       (name) => this.images.find((i) => i.name === name)!,
       (image) => this.external(image).then((b) => b.image.config),
     );
-    this.snapshots = new SnapshotCache(opts.cacheDir, this.store, () => this.tmpRoot);
+    this.snapshots = new SnapshotCache(opts.cacheDir, this.store, () => this.tmpRoot, (what) => this.warn(`cache: ${what}`));
     this.jobs = new Semaphore(Math.max(1, opts.jobs));
     this.tmpRoot = path.join(opts.cacheDir, 'tmp', `${ownerTag()}-${randomBytes(4).toString('hex')}`);
     if (opts.signal?.aborted) this.stop.abort();
@@ -192,6 +204,18 @@ class BuildRun {
   }
 
   async execute(): Promise<BuildResult> {
+    // Everything the build uses is held until it ends, so `cache prune` leaves it alone (cache/leases.ts).
+    const lease = openLease(this.opts.cacheDir);
+    let result: BuildResult;
+    try {
+      result = await this.run();
+    } finally {
+      await lease.release();
+    }
+    return this.warnings.length ? { ...result, warnings: this.warnings } : result;
+  }
+
+  private async run(): Promise<BuildResult> {
     await sweepStale(this.opts.cacheDir);
     const sharedDirs = [...(this.opts.cacheFrom ?? []), ...(this.opts.cacheTo ? [this.opts.cacheTo] : [])].flatMap((c) => (c.kind === 'dir' ? [c.path] : []));
     const own = [this.opts.cacheDir, ...(this.opts.outDir ? [this.opts.outDir] : []), ...(this.opts.archives ?? []).map((a) => a.file), ...sharedDirs];
@@ -221,7 +245,7 @@ class BuildRun {
     this.reportSkipped();
     const steps = this.images.flatMap((img) => img.steps.map((s) => this.results.get(nodeId(img.name, s.id))!));
     const execution = await this.executionUsed();
-    const error = this.firstError?.error ?? (this.opts.signal?.aborted ? new LayergraphError('STEP_FAILED', 'build interrupted') : undefined);
+    const error = this.firstError?.error ?? (this.opts.signal?.aborted ? new LayergraphError('INTERRUPTED', 'build interrupted') : undefined);
     if (error) return { images: [], steps, durationMs: this.now(), error, execution, merges: [], transfer: this.transfer(), filesRead: this.hasher.reads };
 
     const merges: BuildResult['merges'] = [];
@@ -250,6 +274,8 @@ class BuildRun {
         outDir: this.opts.outDir,
         archives: this.opts.archives ?? [],
         sourceDateEpoch: this.opts.sourceDateEpoch,
+        onDamage: (what) => this.warn(what),
+        ...(this.opts.signal ? { signal: this.opts.signal } : {}),
       });
       cacheExport = await this.exportCache(steps);
       pushed = await pushImages(images, this.images, this.opts.push ?? false, this.store, () => this.registry(), (d) => this.blobOrigins.get(d));
@@ -293,15 +319,30 @@ class BuildRun {
         if (this.opts.signal?.aborted || this.firstError) throw new Skipped();
         startMs = this.now();
         this.emit({ type: 'step-start', image: image.name, step: step.id, atMs: startMs });
-        const snapshot = source ? await this.snapshots.materialize(source.key, source.layers) : undefined;
-        const selections = snapshot
-          ? await copySelections(step, snapshot.root, { realModes: snapshot.realModes })
-          : await copySelections(step, this.spec.context, { filter: this.filter });
+        const derive = async (snapshot: Snapshot | undefined) => {
+          const selections = snapshot
+            ? await copySelections(step, snapshot.root, { realModes: snapshot.realModes })
+            : await copySelections(step, this.spec.context, { filter: this.filter });
+          const material = copyMaterial(step, await copyInputs(step, selections, this.hasher), parent?.chain ?? null, this.opts.sourceDateEpoch);
+          return { selections, material, key: await stepKey(material) };
+        };
+        // The source snapshot's stamp is checked (a walk of the whole tree) only before a likely miss, or
+        // when reading it failed (a file gone): a hit's key was computed from the files as they are.
+        // A damaged snapshot is replaced, and read again.
+        const checked = async () => (source ? await this.snapshots.verified(source.key, source.layers) : undefined);
+        let derived = await derive(source ? await this.snapshots.materialize(source.key, source.layers) : undefined).catch(async (err: unknown) => {
+          const check = await checked();
+          if (!check?.replaced) throw err;
+          return derive(check.snapshot);
+        });
+        if (source && !this.flights.has(derived.key) && !(await this.records.has(derived.key))) {
+          const check = await checked();
+          if (check?.replaced) derived = await derive(check.snapshot);
+        }
+        const { selections, material, key } = derived;
         // Planned only when something needs it (a miss, or a step above asking for directories):
         // a hit of a thousand files need not lay them out. `to` was checked before the build began.
         const plan = once(async () => planCopy(selections, step, parentDirs));
-        const material = copyMaterial(step, await copyInputs(step, selections, this.hasher), parent?.chain ?? null, this.opts.sourceDateEpoch);
-        const key = await stepKey(material);
         const ownDirs = once(async () => (await plan()).dirs());
         publish(
           below.then(async (b) => ({
@@ -450,6 +491,7 @@ class BuildRun {
         cacheDir: this.opts.cacheDir,
         store: this.store,
         tmpDir: () => this.tmpRoot,
+        onDamage: (what) => this.warn(`cache: ${what}`),
       });
       const runtime = await pickRuntime(this.opts.runtime ?? 'auto');
       const caveat = runtime === 'chroot' ? ' (no runc or crun: commands are isolated, not sandboxed — a root command can leave a chroot)' : '';
@@ -499,11 +541,13 @@ class BuildRun {
   ): Promise<Flight> {
     const cached = await this.records.get(key);
     let reason: string;
-    if (cached && (cached.layer === null || (await this.store.verify(cached.layer.digest)))) {
+    const problem = cached?.layer ? await this.layerProblem(cached.layer) : undefined;
+    if (cached && !problem) {
       await this.records.setLast(image.name, step.id, key);
       return { status: 'hit', reason: '', layer: cached.layer, savedMs: cached.buildMs, source: 'local' };
     } else if (cached) {
-      reason = 'cached layer failed its digest check';
+      reason = `cached layer ${problem}`;
+      this.warn(`cache: layer ${cached.layer!.digest} ${problem}; not used, its steps are rebuilt`);
       await this.records.remove(key);
     } else {
       const shared = await this.sharedRecord(key, image.name, step.id);
@@ -515,6 +559,29 @@ class BuildRun {
     const buildMs = Math.round(performance.now() - t);
     await this.records.put({ recordVersion: 1, key, image: image.name, step: step.id, material, layer, buildMs });
     return { status: 'miss', reason, layer, savedMs: 0 };
+  }
+
+  /**
+   * Why a cached layer cannot be used (a corrupt blob is removed), or
+   * undefined when it is intact. Checked once per blob and run: steps that
+   * share a layer get one answer (and the build one warning).
+   */
+  private layerProblem(layer: LayerRef): Promise<string | undefined> {
+    const id = `${layer.digest} ${layer.size}`;
+    let check = this.layerChecks.get(id);
+    if (!check) {
+      check = (async () => {
+        if (await this.store.verify(layer.digest)) {
+          const size = (await stat(this.store.blobPath(layer.digest))).size;
+          return size === layer.size ? undefined : `is ${size} bytes, but its record says ${layer.size}`;
+        }
+        if (!(await this.store.has(layer.digest))) return 'is missing';
+        await this.store.remove(layer.digest);
+        return 'failed its digest check';
+      })();
+      this.layerChecks.set(id, check);
+    }
+    return check;
   }
 
   /**
@@ -713,6 +780,7 @@ class BuildRun {
   }
 
   private emit(event: BuildEvent): void {
+    faultPoint(event.type);
     this.opts.onEvent?.(event);
   }
 
@@ -746,6 +814,8 @@ function asUserError(err: unknown, image: ImageSpec, step: StepSpec): Error {
     return new StepError(image.name, step.id, err.message, step.pos, { cause: err });
   }
   if (err instanceof LayergraphError) return err;
+  const full = asDiskFull(err);
+  if (full !== err) return asUserError(full, image, step);
   const message = err instanceof Error ? err.message : String(err);
   return new StepError(image.name, step.id, message, step.pos, { cause: err });
 }

@@ -1,7 +1,7 @@
 /**
  * Leftovers of runs that were killed (a second Ctrl-C, SIGKILL, a crash):
- * temp uppers (and overlay mounts) under `tmp/` and staging files under `ingest/`, named by
- * `ownerTag()` (util/owner-tag.ts). They are never under a real name, so the cache stays valid
+ * temp uppers (and overlay mounts) under `tmp/`, staging files under `ingest/` and leases under
+ * `leases/` (cache/leases.ts), named by `ownerTag()` (util/owner-tag.ts). They are never under a real name, so the cache stays valid
  * without this; sweeping only gives the disk space back.
  *
  * A pid means something only on the host (and pid namespace) that wrote it,
@@ -20,7 +20,7 @@ const run = promisify(execFile);
 
 export async function sweepStale(cacheDir: string): Promise<void> {
   const host = thisHost();
-  for (const sub of ['tmp', 'ingest']) {
+  for (const sub of ['tmp', 'ingest', 'leases']) {
     const dir = path.join(cacheDir, sub);
     const names = await readdir(dir).catch(() => [] as string[]);
     for (const name of names) {

@@ -7,6 +7,7 @@
  */
 import type { BuildSpec, CopyStep, ImageSpec } from '../config/types.js';
 import type { ContextFilter } from '../context/context-filter.js';
+import { printableMessage } from '../config/printable.js';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 import { CopyDestinationError, planCopy } from '../exec/copy-step.js';
 import { copySelections } from './copy-inputs.js';
@@ -19,13 +20,21 @@ export async function validateSources(spec: BuildSpec, images: ImageSpec[], filt
       try {
         planCopy(await copySelections(step, spec.context, { shallow: true, filter }), step, new Map());
       } catch (err) {
-        if (err instanceof ConfigError) issues.push(...err.issues);
+        if (err instanceof ConfigError) issues.push(...err.issues.map((issue) => sourceIssue(image, step, issue)));
         else if (err instanceof CopyDestinationError) issues.push(destinationIssue(image, step, err));
         else throw err;
       }
     }
   }
   if (issues.length) throw new ConfigError(issues);
+}
+
+/**
+ * A copy source problem, named like the build names steps (`api/src`): the
+ * position is the source's, and the same source may be in many steps.
+ */
+function sourceIssue(image: ImageSpec, step: CopyStep, issue: ConfigIssue): ConfigIssue {
+  return { ...issue, path: `images.${image.name}.steps.${step.id}.copy`, message: printableMessage(`${image.name}/${step.id}: ${issue.message}`) };
 }
 
 /** A `to` that does not fit its sources, pinned to the `to` of the build file. */

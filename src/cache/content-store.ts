@@ -6,7 +6,9 @@
  * and only then renamed to its digest. A name under `blobs/` therefore always
  * holds complete bytes; "already exists" on commit is success. Blobs are
  * re-verified against their digest before they are reused (`verify`), so a
- * damaged cache is caught instead of copied into an image.
+ * damaged cache is caught instead of copied into an image. Every blob a
+ * build asks about or commits is held in its lease first (cache/leases.ts),
+ * so `cache prune` leaves it alone while the build runs.
  *
  * A blob can also be known without being here yet (`addRemote`): a hit from
  * a shared cache in a registry. It is fetched the first time its bytes are
@@ -20,9 +22,11 @@ import path from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
-import { CacheCorruptError } from '../errors.js';
+import { asDiskFull, CacheCorruptError } from '../errors.js';
+import { faultPoint } from '../util/fault-point.js';
 import { writeFileAtomic } from '../util/fs-atomic.js';
 import { ownerTag } from '../util/owner-tag.js';
+import { hold } from './leases.js';
 
 export interface BlobInfo {
   /** `sha256:<hex>` */
@@ -31,6 +35,8 @@ export interface BlobInfo {
 }
 
 export class ContentStore {
+  /** False for a store that keeps nothing (`layergraph plan`): what needs bytes kept, or writes beside them, is skipped. */
+  readonly keepsBlobs: boolean = true;
   private readonly remotes = new Map<string, () => Promise<void>>();
   private readonly fetching = new Map<string, Promise<void>>();
 
@@ -59,6 +65,7 @@ export class ContentStore {
   }
 
   async has(digest: string): Promise<boolean> {
+    await hold(this.root, 'blob', digest);
     try {
       await access(this.blobPath(digest));
       return true;
@@ -68,12 +75,16 @@ export class ContentStore {
   }
 
   read(digest: string): Readable {
-    if (!this.remotes.has(digest) || existsSync(this.blobPath(digest))) return createReadStream(this.blobPath(digest));
+    // Held even when the caller did not ask `has` or `verify` first (cheap when it did); a prune's window is waited out.
+    const waiting = hold(this.root, 'blob', digest);
+    if (!waiting && (!this.remotes.has(digest) || existsSync(this.blobPath(digest)))) return createReadStream(this.blobPath(digest));
     const out = new PassThrough();
-    this.ensure(digest).then(
-      () => createReadStream(this.blobPath(digest)).on('error', (err) => out.destroy(err)).pipe(out),
-      (err: Error) => out.destroy(err),
-    );
+    Promise.resolve(waiting)
+      .then(() => this.ensure(digest))
+      .then(
+        () => createReadStream(this.blobPath(digest)).on('error', (err) => out.destroy(err)).pipe(out),
+        (err: Error) => out.destroy(err),
+      );
     return out;
   }
 
@@ -84,6 +95,7 @@ export class ContentStore {
 
   /** A small blob (manifest, config) whole. */
   async bytes(digest: string): Promise<Buffer> {
+    await hold(this.root, 'blob', digest);
     await this.ensure(digest);
     return readFile(this.blobPath(digest));
   }
@@ -93,7 +105,7 @@ export class ContentStore {
     // The pipeline below attaches only after an await: an error the source
     // emits before then (a missing file) must not go unheard and crash the process.
     source.on('error', () => undefined);
-    const ingestDir = path.join(this.root, 'ingest');
+    const ingestDir = this.ingestDir();
     await mkdir(ingestDir, { recursive: true });
     // Named by its writer so a later run can tell a crashed writer's leftovers from a live one's.
     const staging = path.join(ingestDir, `${ownerTag()}-${randomBytes(8).toString('hex')}`);
@@ -103,12 +115,16 @@ export class ContentStore {
       transform(chunk: Buffer, _enc, cb) {
         hash.update(chunk);
         size += chunk.length;
+        faultPoint('pack');
         cb(null, chunk);
       },
     });
     try {
       const out = createWriteStream(staging, { mode: 0o644, flush: true });
-      await pipeline(source, tap, out);
+      await pipeline(source, tap, out).catch((err: unknown) => {
+        throw asDiskFull(err, staging);
+      });
+      faultPoint('store');
       const digest = `sha256:${hash.digest('hex')}`;
       if (expected !== undefined && expected !== digest) {
         throw new CacheCorruptError(`blob ${expected} arrived with digest ${digest}`);
@@ -123,12 +139,13 @@ export class ContentStore {
   /** Store a small blob (config, manifest) held in memory; one already there is kept only if intact. */
   async put(bytes: Uint8Array): Promise<BlobInfo> {
     const digest = sha256Digest(bytes);
-    if (!(await this.verify(digest))) await writeFileAtomic(this.blobPath(digest), bytes);
+    if (!(await this.verify(digest))) await writeFileAtomic(this.blobPath(digest), bytes, this.ingestDir());
     return { digest, size: bytes.length };
   }
 
   /** True when the blob exists and its bytes still hash to its name. */
   async verify(digest: string): Promise<boolean> {
+    await hold(this.root, 'blob', digest);
     try {
       return (await sha256File(this.blobPath(digest))) === digest;
     } catch {
@@ -136,7 +153,14 @@ export class ContentStore {
     }
   }
 
+  /** Where every temp file of the cache is staged, named by its writer (swept after a crash: build/sweep.ts). */
+  ingestDir(): string {
+    return path.join(this.root, 'ingest');
+  }
+
   private async commit(staging: string, digest: string): Promise<void> {
+    // Held before the name appears, so `cache prune` never removes it between the commit and the record that names it.
+    await hold(this.root, 'blob', digest);
     const target = this.blobPath(digest);
     await mkdir(path.dirname(target), { recursive: true });
     // rename over an existing blob with the same digest is harmless: same bytes.

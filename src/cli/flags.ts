@@ -64,6 +64,17 @@ export const COMMANDS = {
     summary: "apply an image's layers from an OCI layout into a root filesystem",
     flags: {},
   },
+  cache: {
+    usage: 'layergraph cache du|prune|verify [flags]',
+    summary: 'the cache: size by kind (du), give space back (prune), check every blob (verify)',
+    flags: {
+      'cache-dir': { type: 'string', value: 'dir', help: 'cache directory (default: $XDG_CACHE_HOME/layergraph or ~/.cache/layergraph)' },
+      format: { type: 'string', short: 'f', value: 'fmt', help: 'text | json (default: text)' },
+      'keep-storage': { type: 'string', value: 'size', help: 'prune: least recently used first, until the cache is at most this big (10GB, 500MiB)' },
+      'older-than': { type: 'string', value: 'age', help: 'prune: what no build used for this long (7d, 12h, 30m)' },
+      'dry-run': { type: 'boolean', help: 'prune, verify: only say what would be removed' },
+    },
+  },
 } satisfies Record<string, { usage: string; summary: string; flags: Record<string, FlagSpec> }>;
 
 export type CommandName = keyof typeof COMMANDS;
@@ -73,7 +84,7 @@ export type ParsedArgs =
   | { command: 'version' }
   | {
       command: CommandName;
-      /** The first argument: the build file, or for `unpack` the layout and ref. */
+      /** The first argument: the build file, for `unpack` the layout and ref, for `cache` du, prune or verify. */
       file: string;
       /** Arguments after the first. */
       args: string[];
@@ -122,14 +133,14 @@ export function helpText(topic?: CommandName): string {
     return [
       'layergraph: build OCI images from a YAML graph of steps, with a layer cache that explains every miss',
       '',
-      'Usage: layergraph <command> <build.yaml> [flags]   (unpack: layergraph unpack <oci-layout>[:<ref>] <dir>)',
+      'Usage: layergraph <command> <build.yaml> [flags]   (unpack: layergraph unpack <oci-layout>[:<ref>] <dir>; cache: layergraph cache du|prune|verify)',
       '',
       'Commands:',
       ...cmds,
       '',
       'Flags: --help (per command: layergraph run --help), --version',
       '',
-      'Exit codes: 0 ok, 1 build failed, 2 invalid build file or arguments, 3 steps not cached (--expect-cached), 130 interrupted',
+      'Exit codes: 0 ok, 1 build failed, 2 invalid build file or arguments, 3 steps not cached (--expect-cached), 130 interrupted (SIGINT), 143 terminated (SIGTERM)',
       '',
     ].join('\n');
   }

@@ -21,6 +21,7 @@ import { PLAN_FORMATS } from '../report/plan-report.js';
 import { stepEdges, type StepEdge } from '../graph/step-edges.js';
 import { helpText, parseCli, type ParsedArgs } from './flags.js';
 import { createProgress, type ProgressMode } from './progress.js';
+import { cacheCommand } from './cache-command.js';
 import { withExcerpts } from './excerpts.js';
 import { runForcedExitCleanups } from '../util/forced-exit.js';
 import type { ArchiveKind } from '../oci/archive.js';
@@ -28,7 +29,7 @@ import { dirImport, parseCacheRef } from '../cache/shared-cache.js';
 import { ContentStore } from '../cache/content-store.js';
 import type { RegistryClientOptions } from '../registry/client.js';
 
-export const EXIT = { ok: 0, buildFailed: 1, invalid: 2, notCached: 3, interrupted: 130, bug: 70 } as const;
+export const EXIT = { ok: 0, buildFailed: 1, invalid: 2, notCached: 3, interrupted: 130, terminated: 143, bug: 70 } as const;
 
 export interface CliIo {
   stdout: { write(s: string): unknown; isTTY?: boolean };
@@ -79,6 +80,9 @@ async function dispatch(args: ParsedArgs, io: CliIo): Promise<number> {
       io.stdout.write(`unpacked ${res.manifestDigest} (${res.layers} layers) into ${dest}\n`);
       return EXIT.ok;
     }
+    case 'cache':
+      // Only read or removed from: `cache` never creates the cache directory.
+      return cacheCommand(args.file, args.values, io, path.resolve(io.cwd, (args.values['cache-dir'] as string | undefined) ?? defaultCacheDir(io.env)));
   }
 }
 
@@ -129,7 +133,8 @@ async function runCommand(file: string, values: Record<string, unknown>, io: Cli
   if (result.error) {
     if (io.signal?.aborted) {
       io.stderr.write('interrupted: the cache is intact; steps that finished are cached\n');
-      return EXIT.interrupted;
+      // The signal's own exit status, as a shell reports it (128 + SIGINT 2 or SIGTERM 15).
+      return io.signal.reason === 'SIGTERM' ? EXIT.terminated : EXIT.interrupted;
     }
     if (result.error instanceof ConfigError) return reportError(result.error, io);
     annotateSteps(spec, result.steps.filter((r) => r.status === 'failed'), io);
@@ -340,7 +345,7 @@ function interruptOnSignals(): { signal: AbortSignal; dispose(): void } {
       runForcedExitCleanups();
       process.exit(sig === 'SIGINT' ? 130 : 143);
     }
-    ctl.abort();
+    ctl.abort(sig);
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);

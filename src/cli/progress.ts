@@ -39,6 +39,7 @@ class PlainProgress implements ProgressView {
     if (event.type === 'step-start') this.out.write(`[${stamp(event.atMs)}] START ${event.image}/${event.step}\n`);
     if (event.type === 'step-output') this.out.write(`${event.image}/${event.step} | ${event.line}\n`);
     if (event.type === 'note') this.out.write(`${event.text}\n`);
+    if (event.type === 'warning') this.out.write(`warning: ${event.text}\n`);
     if (event.type === 'step-end') {
       const firstLine = stepLine(event.result).split('\n')[0];
       this.out.write(`[${stamp(event.result.startMs + event.result.durationMs)}] ${firstLine}\n`);
@@ -70,6 +71,8 @@ class TtyProgress implements ProgressView {
       this.redraw([`\x1b[2m${event.image}/${event.step} |\x1b[0m ${event.line}`]);
     } else if (event.type === 'note') {
       this.redraw([event.text]);
+    } else if (event.type === 'warning') {
+      this.redraw([`\x1b[33mwarning:\x1b[0m ${event.text}`]);
     }
   }
 

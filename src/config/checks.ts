@@ -16,7 +16,7 @@ export function semanticIssues(data: unknown, src: SourceFile): ConfigIssue[] {
   if (!isRecord(data) || !isRecord(data.images)) return issues;
   const images = data.images;
   const names = imageNames(images, src);
-  const ctx: Ctx = { src, issues, names, tags: new Map() };
+  const ctx: Ctx = { src, issues, names, known: new Set(names), tags: new Map() };
   for (const name of names) {
     const at: Segment[] = ['images', name];
     if (name === 'scratch') {
@@ -32,6 +32,7 @@ interface Ctx {
   src: SourceFile;
   issues: ConfigIssue[];
   names: string[];
+  known: ReadonlySet<string>;
   /** First image and place each tag was given. */
   tags: Map<string, { image: string; pos: SourcePos }>;
 }
@@ -43,7 +44,7 @@ function checkImage(ctx: Ctx, name: string, image: Record<string, unknown>): voi
   if (typeof from === 'string' && IMAGE_NAME.test(from) && from !== 'scratch') {
     const fromAt = [...at, 'from'];
     if (from === name) issues.push(src.issue(src.valuePos(fromAt), fromAt, 'an image cannot be built from itself'));
-    else if (!ctx.names.includes(from)) {
+    else if (!ctx.known.has(from)) {
       issues.push(
         src.issue(
           src.valuePos(fromAt),
@@ -93,7 +94,7 @@ function checkTag(ctx: Ctx, image: string, tag: unknown, at: Segment[]): void {
     return;
   }
   ctx.tags.set(tag, { image, pos });
-  if (tag !== image && ctx.names.includes(tag)) {
+  if (tag !== image && ctx.known.has(tag)) {
     issues.push(src.issue(pos, at, `tag ${JSON.stringify(tag)} is the name of image \`${tag}\`, which the output already names so`));
   }
 }
@@ -126,7 +127,7 @@ function checkSteps(ctx: Ctx, image: string, steps: unknown[]): void {
     if (typeof from === 'string' && IMAGE_NAME.test(from)) {
       const fromAt = [...stepAt, 'from'];
       if (from === image) issues.push(src.issue(src.valuePos(fromAt), fromAt, `a step cannot copy from its own image (\`${image}\`)`));
-      else if (!ctx.names.includes(from)) {
+      else if (!ctx.known.has(from)) {
         issues.push(src.issue(src.valuePos(fromAt), fromAt, `${label} copies from \`${from}\`, which is not an image of this file (${imagesList(ctx)})`));
       }
     }
@@ -136,7 +137,9 @@ function checkSteps(ctx: Ctx, image: string, steps: unknown[]): void {
         typeof copy === 'string' ? [[copy, [...stepAt, 'copy']]] : Array.isArray(copy) ? copy.map((c, j) => [c, [...stepAt, 'copy', j]]) : [];
       for (const [source, sourceAt] of sources) {
         const problem = typeof source === 'string' && source ? contextSourceProblem(source) : undefined;
-        if (problem) issues.push(src.issue(src.valuePos(sourceAt), sourceAt, `copy source \`${source as string}\` ${problem}`));
+        // Named like the build names steps (`api/src`): the same source may be in many steps.
+        const owner = `${image}/${typeof step.id === 'string' && STEP_ID.test(step.id) ? step.id : `steps[${i}]`}`;
+        if (problem) issues.push(src.issue(src.valuePos(sourceAt), sourceAt, `${owner}: copy source \`${source as string}\` ${problem}`));
       }
     }
     const to = step.to;
@@ -158,8 +161,7 @@ function checkSteps(ctx: Ctx, image: string, steps: unknown[]): void {
         const pos = src.valuePos(needAt);
         if (need === step.id) issues.push(src.issue(pos, needAt, 'a step cannot need itself'));
         else if (!ids.has(need)) {
-          const list = [...ids.keys()].join(', ');
-          issues.push(src.issue(pos, needAt, `${label} needs \`${need}\`, which is not a step of image \`${image}\` (steps: ${list})`));
+          issues.push(src.issue(pos, needAt, `${label} needs \`${need}\`, which is not a step of image \`${image}\` (steps: ${someOf([...ids.keys()])})`));
         } else if (seen.has(need)) issues.push(src.issue(pos, needAt, `${label} needs \`${need}\` twice`));
         seen.add(need);
       });
@@ -190,5 +192,10 @@ function checkStepKind(ctx: Ctx, step: Record<string, unknown>, stepAt: Segment[
 }
 
 function imagesList(ctx: Ctx): string {
-  return `images: ${ctx.names.join(', ')}`;
+  return `images: ${someOf(ctx.names)}`;
+}
+
+/** A list for a message: a file with thousands of names would otherwise repeat them all in every message. */
+function someOf(names: readonly string[], max = 10): string {
+  return names.length <= max ? names.join(', ') : `${names.slice(0, max).join(', ')} and ${names.length - max} more`;
 }

@@ -60,6 +60,7 @@ export function imageNames(images: Record<string, unknown>, src: SourceFile): st
   const node = src.node(['images']);
   const inFile = isMap(node) ? node.items.map((p) => keyString(p.key)).filter((k): k is string => k !== undefined) : [];
   const names = [...new Set(inFile)].filter((k) => Object.hasOwn(images, k));
-  for (const k of Object.keys(images)) if (!names.includes(k)) names.push(k); // merged in with `<<`
+  const listed = new Set(names);
+  for (const k of Object.keys(images)) if (!listed.has(k)) names.push(k); // merged in with `<<`
   return names;
 }

@@ -32,6 +32,8 @@ export function suggest(word: string, allowed: readonly string[]): string | unde
   let best: string | undefined;
   let bestDistance = Infinity;
   for (const a of allowed) {
+    // The distance is at least the difference in length: no need to compute it (a key may be megabytes long).
+    if (Math.abs(a.length - lower.length) > limit) continue;
     const d = editDistance(lower, a.toLowerCase());
     if (d <= limit && d < bestDistance) {
       best = a;

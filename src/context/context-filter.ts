@@ -5,7 +5,7 @@
  * Docker's own matcher), and the build's own output and cache directories,
  * which would otherwise feed every build into the next.
  */
-import { readFile, realpath } from 'node:fs/promises';
+import { readFile, realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import dockerignore from '@balena/dockerignore';
 import { UsageError } from '../errors.js';
@@ -54,6 +54,8 @@ export async function loadContextFilter(context: string, ownDirs: string[]): Pro
 async function readPatterns(file: string): Promise<string[]> {
   let text: string;
   try {
+    // A fifo would block the build for ever, and /dev/zero never end.
+    if (!(await stat(file)).isFile()) throw new Error('not a regular file');
     text = await readFile(file, 'utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];

@@ -187,6 +187,9 @@ async function resolveFollowing(root: string, rel: string, rootKind: RootKind): 
     real = await realpath(path.join(root, rel));
   } catch (err) {
     if (isMissing(err)) throw new SourceNotFound('does not exist');
+    // A problem with the source as written, so a problem at its place in the build file.
+    if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw new SourceNotFound('has too many levels of symbolic links');
+    if ((err as NodeJS.ErrnoException).code === 'ENAMETOOLONG') throw new SourceNotFound('is a path too long for the file system');
     throw err;
   }
   if (real !== root && relInside(root, real) === undefined) {

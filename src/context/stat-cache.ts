@@ -45,15 +45,19 @@ export class StatCache {
   /** Paths this run looked up or hashed: always kept. */
   private readonly used = new Set<string>();
 
-  constructor(private readonly file: string | undefined) {}
+  constructor(
+    private readonly file: string | undefined,
+    /** Told when the file is there but damaged (it is then an empty cache: every input is read again). */
+    private readonly onDamage: (what: string) => void = () => undefined,
+  ) {}
 
   /** A cache that keeps nothing between runs (no cache directory, or one that must stay untouched). */
   static none(): StatCache {
     return new StatCache(undefined);
   }
 
-  static in(cacheDir: string): StatCache {
-    return new StatCache(path.join(cacheDir, 'stat-cache.json'));
+  static in(cacheDir: string, onDamage?: (what: string) => void): StatCache {
+    return new StatCache(path.join(cacheDir, 'stat-cache.json'), onDamage);
   }
 
   async lookup(absPath: string, st: Stats): Promise<string | undefined> {
@@ -89,7 +93,7 @@ export class StatCache {
     const kept = [...this.entries].filter(([p]) => this.used.has(p));
     const unused = [...this.entries].filter(([p]) => !this.used.has(p)).slice(-KEEP_UNUSED);
     const data: StatCacheFile = { version: VERSION, entries: Object.fromEntries([...unused, ...kept]) };
-    await writeFileAtomic(this.file, JSON.stringify(data));
+    await writeFileAtomic(this.file, JSON.stringify(data), this.staging());
     this.changed = false;
   }
 
@@ -98,21 +102,31 @@ export class StatCache {
       if (!this.file) return;
       try {
         const probe = `${this.file}.probe`;
-        await writeFileAtomic(probe, '');
+        await writeFileAtomic(probe, '', this.staging());
         const st = await stat(probe);
         this.since = st.mtimeMs;
         this.probeDev = st.dev;
       } catch {
         return; // no probe (a read-only cache): nothing is vouched for, nothing kept
       }
-      const data = await readJsonIfPresent<StatCacheFile>(this.file).catch(() => undefined);
-      // Another version's file, or a damaged one, is just an empty cache.
-      if (data?.version === VERSION && data.entries && typeof data.entries === 'object') this.entries = new Map(Object.entries(data.entries));
+      const damaged = (why: string) => this.onDamage(`${this.file} ${why}; every input file is read again`);
+      const data = await readJsonIfPresent<StatCacheFile>(this.file, () => damaged('is not valid JSON')).catch(() => undefined);
+      if (data === undefined) return;
+      const shaped = typeof data === 'object' && data !== null && typeof data.version === 'number' && typeof data.entries === 'object' && data.entries !== null && !Array.isArray(data.entries);
+      // Another version's file is just an empty cache; a damaged one is one too, and said.
+      if (!shaped) damaged('is not a stat cache');
+      else if (data.version === VERSION) this.entries = new Map(Object.entries(data.entries));
     })();
     return this.loaded;
+  }
+
+  /** The cache's staging directory (ingest/, swept after a crash), on the same file system as the file. */
+  private staging(): string {
+    return path.join(path.dirname(this.file!), 'ingest');
   }
 }
 
 function matches(e: Entry, st: Stats): boolean {
-  return e[0] === st.size && e[1] === st.mtimeMs && e[2] === st.ctimeMs && e[3] === st.ino && e[4] === st.dev;
+  // An entry of another shape (a damaged file) matches nothing.
+  return Array.isArray(e) && typeof e[5] === 'string' && e[0] === st.size && e[1] === st.mtimeMs && e[2] === st.ctimeMs && e[3] === st.ino && e[4] === st.dev;
 }

@@ -1,19 +1,26 @@
 /**
  * The fallback where no OCI runtime is installed: util-linux `unshare` gives
  * the command new mount, pid, ipc and uts namespaces (and a network one for
- * `network: none`); a host shell script mounts /proc, /dev, /sys, /tmp and
- * the /etc files inside the root — those mounts live in the new mount
- * namespace only and vanish with it — then execs
+ * `network: none`, with only loopback, up); a host shell script, pid 1 of
+ * them, mounts the root on itself (nodev), then /proc, /dev, /sys, /tmp and
+ * the /etc files inside it — those mounts live in the new mount namespace
+ * only and vanish with it — and execs, with an empty environment, the Perl
+ * program of pivot-exec.ts, which
  *
- *   env -i ENV… setpriv (gid, groups, capabilities) unshare --root --wd [--setuid] ARGV…
+ *   pivot_root()s into the root and detaches the host's tree from the
+ *   namespace, then takes the user's groups and gid, drops every capability
+ *   outside Docker's default set from the bounding set and the inheritable
+ *   set, takes the uid, and execs the command with its environment.
  *
- * Host tools do everything up to the chroot; the inner `unshare` changes
- * root and working directory, drops to the user last (which also drops the
- * capabilities of a non-root user, as Docker does) and execs the command,
- * which is pid 1 of its namespace. /proc's knobs are read-only and its
- * secrets masked, as runc does; but there is no seccomp, no device cgroup,
- * and a chroot keeps CAP_SYS_CHROOT, with which a root command can climb out
- * of it: this isolates a build, it is not a sandbox (runc is).
+ * So the command, pid 1 of its pid namespace, has no path to any host file:
+ * `..` at / stays at /, and a chroot escape (CAP_SYS_CHROOT is in Docker's
+ * set) ends at the same /, because the namespace has nothing above it. It
+ * cannot mount (no CAP_SYS_ADMIN), and a device node it makes (CAP_MKNOD is
+ * in the set) cannot be opened: the root, /dev and /tmp are nodev, and /dev's
+ * few nodes are the host's, bound one by one. /proc's knobs are read-only and
+ * its secrets masked, as runc does. What it still lacks against runc: no
+ * seccomp filter, no cgroup limits, and the host's kernel interfaces that
+ * /sys shows read-only.
  */
 import { execFile } from 'node:child_process';
 import { readFile, realpath, stat, writeFile } from 'node:fs/promises';
@@ -26,15 +33,13 @@ import { secureJoin } from '../util/secure-join.js';
 import { checkMountPoints } from './mount-stubs.js';
 import { DEFAULT_CAPS } from './oci-spec.js';
 import { HOSTNAME } from './container-setup.js';
+import { knownArches, pivotExecArgs, STARTED } from './pivot-exec.js';
 import { childPids, findOnPath, killQuietly, startMerged } from './runtime-process.js';
 import type { PreparedRun, RunResult } from './run-in-root.js';
 
 const run = promisify(execFile);
 
 const RUNTIME = 'chroot';
-
-/** Written to the setup log as the script's last act, so a failure before it is the setup's, not the command's. */
-const STARTED = 'layergraph: starting command';
 
 export async function runChrooted(prep: PreparedRun): Promise<RunResult> {
   const tools = await chrootTools(prep.network);
@@ -43,19 +48,15 @@ export async function runChrooted(prep: PreparedRun): Promise<RunResult> {
   const setupLog = path.join(prep.scratchDir, 'chroot-setup.log');
   await writeFile(setupLog, '');
   const etcDir = path.dirname(prep.etcFiles[0]!.source);
-  const u = prep.user;
-  const caps = DEFAULT_CAPS.map((c) => `+${c.slice('CAP_'.length).toLowerCase()}`).join(',');
-  const command = [
-    tools.env, '-i', '--', ...prep.env,
-    tools.setpriv, `--regid=${u.gid}`, ...(u.additionalGids.length ? [`--groups=${u.additionalGids.join(',')}`] : ['--clear-groups']),
-    `--bounding-set=-all,${caps}`, '--inh-caps=-all', '--',
-    tools.unshare, `--root=${prep.rootfs}`, `--wd=${prep.cwd}`, ...(u.uid !== 0 ? [`--setuid=${u.uid}`] : []), '--',
-    ...prep.argv,
-  ];
+  const rootfs = path.resolve(prep.rootfs);
+  const pivotArgs = pivotExecArgs({ rootfs, cwd: prep.cwd, user: prep.user, caps: DEFAULT_CAPS, env: prep.env, argv: prep.argv });
+  if (!pivotArgs) throw unknownArch();
+  // Perl starts with no environment of the host's (PERL5OPT and the like): the command's is in its arguments.
+  const command = [tools.env, '-i', '--', tools.perl, ...pivotArgs];
   const namespaces = ['--mount', '--pid', '--ipc', '--uts', ...(prep.network === 'none' ? ['--net'] : [])];
   const argv = [
     tools.unshare, ...namespaces, '--fork', '--kill-child=SIGKILL', '--propagation=private', '--',
-    '/bin/sh', '-c', SETUP_SCRIPT, 'layergraph-setup', prep.rootfs, etcDir, setupLog, HOSTNAME, tools.loopback ?? '', ...command,
+    '/bin/sh', '-c', SETUP_SCRIPT, 'layergraph-setup', rootfs, etcDir, setupLog, HOSTNAME, tools.loopback ?? '', ...command,
   ];
 
   let aborted = false;
@@ -93,21 +94,28 @@ export async function runChrooted(prep: PreparedRun): Promise<RunResult> {
 /**
  * $1 rootfs, $2 the directory of hosts/hostname/resolv.conf, $3 the setup
  * log, $4 the hostname, $5 `ip` or `ifconfig` to bring up loopback ('' to
- * keep the host's network), then the command. Runs as pid 1 of the new
- * namespaces, with the setup's own errors going to the log.
+ * keep the host's network), then the command (the pivot program). Runs as
+ * pid 1 of the new namespaces, with the setup's own errors going to the log
+ * and the command's stderr kept on fd 3 for it.
  */
 const SETUP_SCRIPT = `set -eu
 root=$1 etc=$2 log=$3 host=$4 lo=$5
 shift 5
 exec 3>&2 2>>"$log"
+cd /
+# A mount of its own, for pivot_root; nodev, so that a device node the
+# command makes in it cannot be opened (there is no device cgroup here).
+mount --bind "$root" "$root"
+mount -o remount,bind,nodev "$root"
 mount -t proc -o nosuid,noexec,nodev proc "$root/proc"
-mount -t tmpfs -o nosuid,strictatime,mode=755,size=65536k tmpfs "$root/dev"
-mknod -m 666 "$root/dev/null" c 1 3
-mknod -m 666 "$root/dev/zero" c 1 5
-mknod -m 666 "$root/dev/full" c 1 7
-mknod -m 666 "$root/dev/random" c 1 8
-mknod -m 666 "$root/dev/urandom" c 1 9
-mknod -m 666 "$root/dev/tty" c 5 0
+mount -t tmpfs -o nosuid,nodev,strictatime,mode=755,size=65536k tmpfs "$root/dev"
+# The host's own nodes, bound one by one: /dev itself is nodev too.
+for n in null zero full random urandom tty; do
+  if [ -c "/dev/$n" ]; then
+    : > "$root/dev/$n"
+    mount --bind "/dev/$n" "$root/dev/$n"
+  fi
+done
 mkdir -m 755 "$root/dev/pts" "$root/dev/shm" "$root/dev/mqueue"
 mount -t devpts -o nosuid,noexec,newinstance,ptmxmode=0666,mode=0620,gid=5 devpts "$root/dev/pts"
 mount -t tmpfs -o nosuid,noexec,nodev,mode=1777,size=65536k shm "$root/dev/shm"
@@ -138,33 +146,37 @@ done
 for p in kcore keys timer_list sched_debug latency_stats timer_stats; do
   if [ -f "$root/proc/$p" ]; then mount --bind /dev/null "$root/proc/$p"; fi
 done
-echo '${STARTED}' >&2
-exec "$@" 2>&3 3>&-
+exec "$@"
 `;
 
 interface ChrootTools {
   unshare: string;
-  setpriv: string;
   env: string;
+  perl: string;
   /** `ip` or `ifconfig`, for a network of our own. */
   loopback?: string;
 }
 
 /** The host tools the fallback needs, or a RuntimeError naming what is missing. */
 export async function chrootTools(network: 'none' | 'host'): Promise<ChrootTools> {
-  const need = ['unshare', 'setpriv', 'env', 'mount', 'mknod'];
+  const need = ['unshare', 'env', 'perl', 'mount'];
   const found = await Promise.all(need.map((n) => findOnPath(n)));
   const missing = need.filter((_, i) => !found[i]);
-  if (missing.length) throw new RuntimeError(RUNTIME, `needs ${missing.join(', ')} on the host (util-linux and coreutils)`);
-  const [unshare, setpriv, env] = found as string[];
+  if (missing.length) throw new RuntimeError(RUNTIME, `needs ${missing.join(', ')} on the host (util-linux, coreutils and perl)`);
+  const [unshare, env, perl] = found as string[];
+  if (!knownArches().includes(os.arch())) throw unknownArch();
   const help = await run(unshare!, ['--help']).then((r) => r.stdout, () => '');
-  if (!help.includes('--wd')) throw new RuntimeError(RUNTIME, `${unshare} is too old: the chroot runtime needs util-linux 2.38 or later (unshare --root/--wd)`);
-  const tools: ChrootTools = { unshare: unshare!, setpriv: setpriv!, env: env! };
+  if (!help.includes('--kill-child')) throw new RuntimeError(RUNTIME, `${unshare} is too old: the chroot runtime needs util-linux 2.32 or later (unshare --kill-child)`);
+  const tools: ChrootTools = { unshare: unshare!, env: env!, perl: perl! };
   if (network === 'none') {
     tools.loopback = (await findOnPath('ip')) ?? (await findOnPath('ifconfig'));
     if (!tools.loopback) throw new RuntimeError(RUNTIME, 'network: none needs `ip` (iproute2) or `ifconfig` on the host to bring up loopback');
   }
   return tools;
+}
+
+function unknownArch(): RuntimeError {
+  return new RuntimeError(RUNTIME, `does not know the system calls of ${os.arch()} (only ${knownArches().join(', ')}); install runc or crun`);
 }
 
 /**

@@ -7,7 +7,8 @@
  * in the root.
  *
  * Runtimes: runc or crun with a config.json we write, or, where neither is
- * installed, `chroot`: util-linux unshare + chroot (see chroot-runtime.ts).
+ * installed, `chroot`: util-linux unshare, then pivot_root into the root and
+ * the drop to the user by a small Perl program (see chroot-runtime.ts).
  */
 import { RuntimeError } from '../errors.js';
 import { chrootTools, runChrooted } from './chroot-runtime.js';

@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rename } from 'node:fs/promises';
 import path from 'node:path';
 import type { ContentStore } from '../cache/content-store.js';
 import type { LayerRef } from '../cache/step-records.js';
@@ -45,7 +45,9 @@ export async function runStepLayer(req: RunRequest, deps: RunDeps): Promise<Laye
   let failed = false;
   try {
     await mkdir(path.dirname(req.logFile), { recursive: true });
-    const output = new OutputLog(req.logFile, req.onLine);
+    // Written in the step's own directory and renamed into place when the command is done: two
+    // runs of the same step at once (two processes on one cache) never mix their output in one log.
+    const output = new OutputLog(path.join(req.workDir, 'output.log'), req.logFile, req.onLine);
     const scratchDir = path.join(req.workDir, 'runtime');
     await mkdir(scratchDir);
     const result = await runInRoot({
@@ -92,10 +94,11 @@ class OutputLog {
   private broken: Error | undefined;
 
   constructor(
+    private readonly staging: string,
     private readonly logFile: string,
     private readonly onLine: (line: string) => void,
   ) {
-    this.file = createWriteStream(logFile);
+    this.file = createWriteStream(staging);
     this.file.on('error', (err) => (this.broken ??= err));
   }
 
@@ -111,6 +114,7 @@ class OutputLog {
     this.partial = '';
     if (this.broken || this.file.destroyed) return;
     await new Promise<void>((resolve) => this.file.end(resolve));
+    await rename(this.staging, this.logFile).catch((err: Error) => void (this.broken ??= err));
   }
 
   throwIfBroken(): void {

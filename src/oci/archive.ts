@@ -16,7 +16,9 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import type { ContentStore } from '../cache/content-store.js';
+import { asDiskFull } from '../errors.js';
 import { tempSibling } from '../util/fs-atomic.js';
+import { sweepTempFiles } from '../util/temp-files.js';
 import { indexJson, OCI_LAYOUT, type LayoutImage } from './layout.js';
 import { uncompressed } from './layer-apply.js';
 
@@ -24,6 +26,8 @@ export type ArchiveKind = 'oci-archive' | 'docker-archive';
 
 export async function writeArchive(kind: ArchiveKind, file: string, store: ContentStore, images: LayoutImage[], mtime: number): Promise<void> {
   await mkdir(path.dirname(file), { recursive: true });
+  // What a killed writer of this archive left beside it (only that: the directory is the user's).
+  await sweepTempFiles(path.dirname(file), path.basename(file));
   const tmp = tempSibling(file);
   const pack = tar.pack();
   const out = pipeline(pack as unknown as NodeJS.ReadableStream, createWriteStream(tmp));
@@ -38,7 +42,7 @@ export async function writeArchive(kind: ArchiveKind, file: string, store: Conte
   } catch (err) {
     pack.destroy(err as Error);
     await out.catch(() => undefined);
-    throw err;
+    throw asDiskFull(err, file);
   } finally {
     await rm(tmp, { force: true });
   }

@@ -4,6 +4,12 @@
  * writes). Each is imported once into the content store — every blob checked
  * against its digest on the way in — and its layers are then reused as they
  * are: the output manifest points at the very same blobs, never repacked.
+ *
+ * A layer from outside is checked once before anything uses it
+ * (`checkedLayer`): read whole, the way the applier reads it, against the
+ * rules for entries and the size limits (layer-headers.ts, layer-stream.ts),
+ * and its diffID against the image's config. So a hostile layer is refused
+ * with the image and the entry named even by a build that never unpacks it.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
@@ -19,8 +25,8 @@ import { InvalidImageError, UsageError } from '../errors.js';
 import { MEDIA_TYPE_INDEX } from './media-types.js';
 import { blobPath, findImage, readBlob, type Descriptor } from './layout-reader.js';
 import type { HistoryEntry, RuntimeConfig } from './image-config.js';
-import { uncompressed } from './layer-apply.js';
-import { layerEntries } from './layer-headers.js';
+import { checkLayer, describeLayer, layerEntries } from './layer-headers.js';
+import { layerLimits } from './layer-stream.js';
 import { writeFileAtomic } from '../util/fs-atomic.js';
 import { readJsonIfPresent } from '../util/fs-read.js';
 import type { RegistryClient } from '../registry/client.js';
@@ -100,13 +106,16 @@ async function importLayout(layout: string, wanted: string | undefined, store: C
   }
   const layers: BaseLayer[] = [];
   for (const [i, l] of manifest.layers.entries()) {
+    const mediaType = ociLayerType(l.mediaType);
     // Imported once: the store checked it on the way in and owns it since.
     if (!(await store.has(l.digest))) {
       await store.ingest(createReadStream(blobPath(layout, l.digest)), l.digest).catch((err: Error) => {
         throw new InvalidImageError(`${describe(ref)}: layer ${l.digest}: ${err.message}`, { cause: err });
       });
     }
-    layers.push({ digest: l.digest, size: l.size, diffId: diffIds[i]!, mediaType: ociLayerType(l.mediaType) });
+    const layer = { digest: l.digest, size: l.size, diffId: diffIds[i]!, mediaType };
+    await checkedLayer(store, layer, describe(ref));
+    layers.push(layer);
   }
   return toBase(manifestDesc.digest, config, layers);
 }
@@ -126,8 +135,11 @@ async function importRegistry(from: string, store: ContentStore, platform: Platf
   }
   const layers: BaseLayer[] = [];
   for (const [i, l] of image.layers.entries()) {
+    const mediaType = ociLayerType(l.mediaType);
     await client.pullBlob(image.reference, l, store);
-    layers.push({ digest: l.digest, size: l.size, diffId: diffIds[i]!, mediaType: ociLayerType(l.mediaType) });
+    const layer = { digest: l.digest, size: l.size, diffId: diffIds[i]!, mediaType };
+    await checkedLayer(store, layer, from);
+    layers.push(layer);
   }
   return toBase(image.digest, config, layers);
 }
@@ -165,7 +177,9 @@ async function importDockerArchive(dir: string, store: ContentStore, ref: BaseRe
     const blob = await store.ingest(createReadStream(inside(dir, file, ref)), diffIds[i]).catch((err: Error) => {
       throw new InvalidImageError(`${describe(ref)}: layer ${file}: ${err.message}`, { cause: err });
     });
-    layers.push({ digest: blob.digest, size: blob.size, diffId: blob.digest, mediaType: LAYER_TAR });
+    const layer = { digest: blob.digest, size: blob.size, diffId: blob.digest, mediaType: LAYER_TAR };
+    await checkedLayer(store, layer, describe(ref));
+    layers.push(layer);
   }
   // No manifest in the archive: its config digest names the image.
   return toBase(sha256Digest(configBytes), config, layers);
@@ -198,6 +212,30 @@ function ociLayerType(mediaType: string): string {
   if (mediaType === 'application/vnd.docker.image.rootfs.diff.tar.gzip') return 'application/vnd.oci.image.layer.v1.tar+gzip';
   if (mediaType === 'application/vnd.oci.image.layer.v1.tar+gzip' || mediaType === LAYER_TAR) return mediaType;
   throw new UsageError(`a base image layer of type ${mediaType} is not supported (gzip or plain tar only)`);
+}
+
+/**
+ * Makes sure a layer from outside (in the store, its digest checked) was
+ * checked (layer-headers.ts `checkLayer`), and that it has the diffID the
+ * image's config gives it. Checked once per digest: `bases/<hex>.checked`
+ * holds the diffID found, so a later import, of this image or another that
+ * shares the layer, only compares.
+ */
+async function checkedLayer(store: ContentStore, layer: BaseLayer, image: string): Promise<void> {
+  const name = describeLayer({ digest: layer.digest, image });
+  const hex = /^sha256:([0-9a-f]{64})$/.exec(layer.digest)?.[1];
+  if (!hex) throw new InvalidImageError(`${name}: not a sha256 digest`);
+  // A plan keeps no blob to read and may write nothing to the cache; the build that follows checks.
+  if (!store.keepsBlobs) return;
+  const marker = path.join(store.root, 'bases', `${hex}.checked`);
+  let diffId = (await readFile(marker, 'utf8').catch(() => '')).trim();
+  if (!/^sha256:[0-9a-f]{64}$/.test(diffId)) {
+    ({ diffId } = await checkLayer(store.read(layer.digest), name, layerLimits()));
+    await writeFileAtomic(marker, diffId, store.ingestDir());
+  }
+  if (diffId !== layer.diffId) {
+    throw new InvalidImageError(`${name}: its config gives it diffID ${layer.diffId}, but its tar has diffID ${diffId}: the image is damaged or was altered`);
+  }
 }
 
 /** Read a small blob of a layout, check it, and keep it in the store. */
@@ -258,7 +296,7 @@ export async function layerDirs(layers: ReadonlyArray<{ digest: string }>, store
   const cached = await readJsonIfPresent<Array<[string, { mode: number; uid: number; gid: number }]>>(cacheFile);
   if (cached) return new Map(cached);
   const dirs = await readLayerDirs(layers, store);
-  await writeFileAtomic(cacheFile, JSON.stringify([...dirs]));
+  await writeFileAtomic(cacheFile, JSON.stringify([...dirs]), store.ingestDir());
   return dirs;
 }
 

@@ -3,14 +3,18 @@
  * `index.json` for every image of the run. Each image gets one index entry
  * named after it and one more per tag; a blob shared by several images is
  * stored once. Blobs are copied (reflinked where the filesystem can) from the
- * content store, to a temp name first, so a reader never sees a partial blob.
+ * content store, to a temp name first, so a reader never sees a partial blob;
+ * temp files a killed writer left are swept first.
  */
 import { constants } from 'node:fs';
-import { copyFile, mkdir, rename, rm, stat } from 'node:fs/promises';
+import { copyFile, mkdir, open, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { BlobInfo, ContentStore } from '../cache/content-store.js';
 import type { Platform } from '../config/types.js';
+import { asDiskFull, LayergraphError } from '../errors.js';
+import { faultPoint } from '../util/fault-point.js';
 import { tempSibling, writeFileAtomic } from '../util/fs-atomic.js';
+import { sweepTempFiles } from '../util/temp-files.js';
 import { ANNOTATION_REF_NAME, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST } from './media-types.js';
 
 export interface LayoutImage {
@@ -22,10 +26,20 @@ export interface LayoutImage {
   blobs: BlobInfo[];
 }
 
-export async function writeLayout(outDir: string, store: ContentStore, images: LayoutImage[]): Promise<void> {
+export interface LayoutOptions {
+  /** Told about a blob already in the layout that is not what its name says (it is replaced). */
+  onDamage?: (what: string) => void;
+  /** Once aborted, no more blobs are copied and index.json is left as it was. */
+  signal?: AbortSignal;
+}
+
+export async function writeLayout(outDir: string, store: ContentStore, images: LayoutImage[], opts: LayoutOptions = {}): Promise<void> {
   await mkdir(path.join(outDir, 'blobs', 'sha256'), { recursive: true });
+  await sweepTempFiles(outDir);
+  await sweepTempFiles(path.join(outDir, 'blobs', 'sha256'));
   const blobs = new Map(images.flatMap((img) => img.blobs.map((b) => [b.digest, b.size] as const)));
-  await Promise.all([...blobs].map(([digest, size]) => copyBlob(store, digest, size, outDir)));
+  await Promise.all([...blobs].map(([digest, size]) => copyBlob(store, digest, size, outDir, opts)));
+  stopIfAborted(opts.signal);
   await writeFileAtomic(path.join(outDir, 'oci-layout'), OCI_LAYOUT);
   await writeFileAtomic(path.join(outDir, 'index.json'), indexJson(images));
 }
@@ -51,15 +65,33 @@ export function indexJson(images: LayoutImage[]): string {
  * would read every layer a second time on every warm run (the store's copy
  * was verified on reuse). A truncated or half-written one is replaced.
  */
-async function copyBlob(store: ContentStore, digest: string, size: number, outDir: string): Promise<void> {
+async function copyBlob(store: ContentStore, digest: string, size: number, outDir: string, opts: LayoutOptions): Promise<void> {
   const target = path.join(outDir, 'blobs', 'sha256', digest.slice('sha256:'.length));
-  if ((await stat(target).catch(() => undefined))?.size === size) return;
+  const found = await stat(target).catch(() => undefined);
+  if (found?.size === size) return;
+  stopIfAborted(opts.signal);
+  if (found) opts.onDamage?.(`output layout blob ${target} is ${found.size} bytes, not ${size}; written again`);
   await store.ensure(digest);
   const tmp = tempSibling(target);
   try {
     await copyFile(store.blobPath(digest), tmp, constants.COPYFILE_FICLONE);
+    // On disk before the rename, as every other writer does: a crash must not leave a named, empty blob.
+    const fh = await open(tmp, 'r+');
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    faultPoint('layout');
     await rename(tmp, target);
+  } catch (err) {
+    throw asDiskFull(err, target);
   } finally {
     await rm(tmp, { force: true });
   }
+}
+
+/** Stops writing when the build was interrupted, with the build's own words for it. */
+export function stopIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new LayergraphError('INTERRUPTED', 'build interrupted');
 }

@@ -101,6 +101,7 @@ export function jsonReport(result: BuildResult): string {
         ...(result.pushed ? { pushed: result.pushed } : {}),
         ...(result.cacheExport ? { cacheExport: result.cacheExport } : {}),
         ...(result.execution ? { execution: result.execution } : {}),
+        ...(result.warnings?.length ? { warnings: result.warnings } : {}),
         summary: {
           total: s.total,
           hits: s.hits,

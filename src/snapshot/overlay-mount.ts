@@ -7,6 +7,7 @@ import { mkdir, mkdtemp, readFile, rm, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { LayergraphError } from '../errors.js';
+import { faultPoint } from '../util/fault-point.js';
 import { onForcedExit } from '../util/forced-exit.js';
 
 const run = promisify(execFile);
@@ -38,6 +39,7 @@ export async function mountOverlay(dirs: OverlayDirs): Promise<void> {
   try {
     await run('mount', ['-t', 'overlay', 'overlay', '-o', options, dirs.target], { cwd: links });
     held.set(path.resolve(dirs.target), onForcedExit(() => execFileSync('umount', ['-l', dirs.target], { stdio: 'ignore' })));
+    faultPoint('mount');
   } catch (err) {
     const e = err as { stderr?: string; message: string };
     const many = dirs.lowers.length > 100 ? ` (with ${dirs.lowers.length} layers below; overlayfs takes at most 500)` : '';

@@ -49,6 +49,8 @@ export interface SnapshotterDeps {
   store: ContentStore;
   /** The run's temp dir (swept after a crash). */
   tmpDir: () => string;
+  /** Told about a layer snapshot found damaged (it is unpacked again). */
+  onDamage?: (what: string) => void;
 }
 
 /** `auto` picks overlay where this process can mount it, else copy. */
@@ -68,7 +70,7 @@ class OverlaySnapshotter implements Snapshotter {
   private stubs: Promise<string> | undefined;
 
   constructor(private readonly deps: SnapshotterDeps) {
-    this.layers = new LayerSnapshots(deps.cacheDir, deps.store, deps.tmpDir);
+    this.layers = new LayerSnapshots(deps.cacheDir, deps.store, deps.tmpDir, deps.onDamage);
   }
 
   async prepare(lowers: LayerRef[], dir: string): Promise<PreparedRoot> {
@@ -130,7 +132,7 @@ class CopySnapshotter implements Snapshotter {
   private readonly layers: LayerSnapshots;
 
   constructor(private readonly deps: SnapshotterDeps) {
-    this.layers = new LayerSnapshots(deps.cacheDir, deps.store, deps.tmpDir);
+    this.layers = new LayerSnapshots(deps.cacheDir, deps.store, deps.tmpDir, deps.onDamage);
   }
 
   async prepare(lowers: LayerRef[], dir: string): Promise<PreparedRoot> {

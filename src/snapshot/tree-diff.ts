@@ -85,7 +85,7 @@ export async function materializeRoot(layers: LayerRef[], store: Pick<ContentSto
   const isRoot = process.getuid?.() === 0;
   await mkdir(dest, { recursive: true });
   for (const layer of layers) {
-    const { diffId } = await applyLayer(store.read(layer.digest), dest, { xattrs: isRoot });
+    const { diffId } = await applyLayer(store.read(layer.digest), dest, { xattrs: isRoot, layer: { digest: layer.digest } });
     if (diffId !== layer.diffId) {
       throw new CacheCorruptError(`layer ${layer.digest} unpacked to diffID ${diffId}, expected ${layer.diffId}`);
     }

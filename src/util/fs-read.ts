@@ -10,9 +10,10 @@ export function isMissing(err: unknown): boolean {
 /**
  * JSON the cache wrote itself (records, sidecars), or undefined when the file
  * is missing. Such files are written atomically, so text that does not parse
- * means outside damage: treated as absent, and rebuilt by the caller.
+ * means outside damage: treated as absent (and `onDamaged` told), and rebuilt
+ * by the caller.
  */
-export async function readJsonIfPresent<T>(file: string): Promise<T | undefined> {
+export async function readJsonIfPresent<T>(file: string, onDamaged?: () => void): Promise<T | undefined> {
   let text: string;
   try {
     text = await readFile(file, 'utf8');
@@ -23,6 +24,7 @@ export async function readJsonIfPresent<T>(file: string): Promise<T | undefined>
   try {
     return JSON.parse(text) as T;
   } catch {
+    onDamaged?.();
     return undefined;
   }
 }
