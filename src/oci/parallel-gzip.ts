@@ -21,12 +21,19 @@ import { gzip, type ZlibOptions } from 'node:zlib';
 /** Bytes of input per member. 1 MiB loses well under 1% of ratio to one stream (each member restarts a 32 KiB window). */
 export const GZIP_PIECE_BYTES = 1 << 20;
 
+/**
+ * Pieces queued per core: with one, a core sat idle while the main thread
+ * read and tarred the next piece (1 GiB packed at 0.79 × the pigz pipeline;
+ * 256 MiB: one per core 8.1 s, two 7.2 s, three 6.9 s, four 7.2–7.6 s).
+ */
+const IN_FLIGHT_PER_CORE = 3;
+
 /** Gzip header OS byte for "unknown", as Go's compress/gzip (and so most OCI tooling) writes it. */
 const GZIP_OS_UNKNOWN = 255;
 
 export interface ParallelGzipOptions {
   level?: number;
-  /** Pieces compressed at once (default: one per core); memory is about twice this many pieces. */
+  /** Pieces compressed at once (default: three per core); memory is about twice this many pieces. */
   inFlight?: number;
 }
 
@@ -34,7 +41,7 @@ export function parallelGzip(opts: ParallelGzipOptions = {}): Transform {
   // One output buffer larger than any member (deflate grows incompressible data by a few bytes per
   // 16 KiB block): a piece is then one thread-pool job instead of one round trip per 16 KiB.
   const zopts: ZlibOptions = { level: opts.level ?? 6, chunkSize: GZIP_PIECE_BYTES + (64 << 10) };
-  const limit = Math.max(1, opts.inFlight ?? availableParallelism());
+  const limit = Math.max(1, opts.inFlight ?? availableParallelism() * IN_FLIGHT_PER_CORE);
   // Results in input order: each piece's promise is pushed when the piece is cut.
   const queue: Promise<Buffer>[] = [];
   let pending: Buffer[] = [];
