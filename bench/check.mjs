@@ -1,8 +1,9 @@
 // CI's guard on the no-op path (npm run bench:check): build a small generated
-// workload cold, then again unchanged, in this process tree, and fail when the
-// no-op rebuild reads any input file's content (the stat cache must vouch for
-// every one), misses any step, or takes more than a quarter of the cold build
-// (the faster of two no-op runs).
+// workload cold, then twice again unchanged, in this process tree, and fail
+// when the no-op rebuilds read input files' content (the stat cache must vouch
+// for every one: none in the second, at most a few racily clean ones in the
+// first), miss any step, or take more than a quarter of the cold build (the
+// faster of the two).
 // Not a benchmark: one run of each, generous bounds, nothing to compare against.
 import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -15,6 +16,8 @@ import { generate } from './generate.mjs';
 const run = promisify(execFile);
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'bin', 'layergraph.js');
+/** Files the first no-op may read again: written within a timestamp tick of the cold build's start. */
+const RACILY_CLEAN_ALLOWANCE = 5;
 
 const dir = await mkdtemp(join(os.tmpdir(), 'layergraph-bench-check-'));
 try {
@@ -32,7 +35,12 @@ try {
   // Two unchanged rebuilds, the faster one timed: one slow start of node on a busy runner is not a regression.
   const noops = [await build('noop-1'), await build('noop-2')];
   const noop = noops[0].ms <= noops[1].ms ? noops[0] : noops[1];
-  noop.summary.filesRead = Math.max(...noops.map((n) => n.summary.filesRead));
+  // The stat cache never vouches for a file changed within a timestamp tick of the cold build's start
+  // (racily clean, as in git): the first no-op may read a few such files once more (CI saw one), the
+  // second none. A stat cache that the cold build failed to fill would have the first read thousands.
+  const [first, second] = noops.map((n) => n.summary.filesRead);
+  noop.summary.filesRead = first > RACILY_CLEAN_ALLOWANCE ? first : second;
+  if (first) console.log(`first no-op read ${first} file(s) again (racily clean after the cold build; up to ${RACILY_CLEAN_ALLOWANCE} allowed)`);
   noop.summary.misses = Math.max(...noops.map((n) => n.summary.misses));
   const line = (n, r) => `${n}: ${r.ms.toFixed(0)} ms, ${r.summary.hits}/${r.summary.total} cached, ${r.summary.filesRead} files read`;
   console.log(line('cold', cold));

@@ -85,7 +85,7 @@ describe('the stat cache with coarse or foreign timestamps', () => {
   /** A stat as another file system would give it. */
   const fake = (st: import('node:fs').Stats, over: Partial<import('node:fs').Stats>) => Object.assign(Object.create(Object.getPrototypeOf(st) as object) as import('node:fs').Stats, st, over);
 
-  it('keeps a file of another device, or with whole-second times, only when it is older than the probe by a margin', async () => {
+  it('keeps a file of another device only when it is older than the probe by a margin; on the probe\'s own file system a whole-second time is no sign of coarse timestamps', async () => {
     const [ctx, cache] = [await tmpDir(), await tmpDir()];
     const f = await oldFile(ctx, 'a', 'one');
     const real = await lstat(f);
@@ -102,7 +102,8 @@ describe('the stat cache with coarse or foreign timestamps', () => {
     await stats.save();
     const next = StatCache.in(cache);
     expect(await next.lookup(path.join(ctx, 'foreignRecent'), cases.foreignRecent)).toBeUndefined();
-    expect(await next.lookup(path.join(ctx, 'wholeSecondsRecent'), cases.wholeSecondsRecent)).toBeUndefined();
+    // A fine-grained file system's clock lands on a whole second now and then (bench:check once read such a file again).
+    expect(await next.lookup(path.join(ctx, 'wholeSecondsRecent'), cases.wholeSecondsRecent)).toBe('hash-wholeSecondsRecent');
     expect(await next.lookup(path.join(ctx, 'foreignOld'), cases.foreignOld)).toBe('hash-foreignOld');
   });
 });

@@ -9,9 +9,10 @@
  * file whose mtime or ctime is not older than that could change again within
  * the same timestamp tick after it was read, and a matching stat would then
  * vouch for old content. The probe speaks for the inputs' clock only on its
- * own file system and at fine granularity: a file on another device, or with
- * whole-second timestamps, must be older by a margin that covers coarse
- * (FAT's 2 s) timestamps and some clock skew. The file keeps the entries this
+ * own file system, and tells that file system's granularity: a file on
+ * another device, or on a file system whose probe got a whole-second time,
+ * must be older by a margin that covers coarse (FAT's 2 s) timestamps and
+ * some clock skew. The file keeps the entries this
  * run used, and older ones up to a bound. Concurrent runs may overwrite
  * each other's file; every entry is checked against the file's stat before
  * use, so a lost entry only costs a read.
@@ -23,7 +24,7 @@ import { writeFileAtomic } from '../util/fs-atomic.js';
 import { readJsonIfPresent } from '../util/fs-read.js';
 
 const VERSION = 1;
-/** How much older than the probe a file on another device, or with whole-second times, must be. */
+/** How much older than the probe a file on another device, or on a whole-second file system, must be. */
 const COARSE_MARGIN_MS = 3000;
 /** Entries kept that this run did not use (another context's, a deleted file's). */
 const KEEP_UNUSED = 100_000;
@@ -42,6 +43,8 @@ export class StatCache {
   /** File-system time of the probe written before any hashing; files changed since are not kept. */
   private since = -Infinity;
   private probeDev = -1;
+  /** The probe's file system keeps whole seconds (or the probe landed on one: then only a margin too many). */
+  private probeCoarse = true;
   /** Paths this run looked up or hashed: always kept. */
   private readonly used = new Set<string>();
 
@@ -80,7 +83,9 @@ export class StatCache {
 
   remember(absPath: string, st: Stats, hash: string): void {
     if (!this.file) return;
-    const coarse = st.dev !== this.probeDev || (st.mtimeMs % 1000 === 0 && st.ctimeMs % 1000 === 0);
+    // Granularity is the file system's, so the probe speaks for it: judging each file by its own
+    // timestamps took a fine-grained file that happened to land on a whole second for a coarse one.
+    const coarse = st.dev !== this.probeDev || this.probeCoarse;
     if (Math.max(st.mtimeMs, st.ctimeMs) >= this.since - (coarse ? COARSE_MARGIN_MS : 0)) return;
     this.entries.set(absPath, [st.size, st.mtimeMs, st.ctimeMs, st.ino, st.dev, hash]);
     this.used.add(absPath);
@@ -106,6 +111,7 @@ export class StatCache {
         const st = await stat(probe);
         this.since = st.mtimeMs;
         this.probeDev = st.dev;
+        this.probeCoarse = st.mtimeMs % 1000 === 0;
       } catch {
         return; // no probe (a read-only cache): nothing is vouched for, nothing kept
       }
