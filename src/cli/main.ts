@@ -10,18 +10,15 @@ import { loadBuildFile } from '../config/load.js';
 import { displayPath } from '../config/positions.js';
 import { validateSources } from '../build/validate-sources.js';
 import { buildGraph } from '../graph/build-graph.js';
-import { parseLayoutRef, unpackImage } from '../oci/unpack.js';
 import { loadContextFilter } from '../context/context-filter.js';
 import type { BuildSpec } from '../config/types.js';
 import { ConfigError, LayergraphError, UsageError, formatIssue } from '../errors.js';
 import { jsonReport, markdownReport, textReport } from '../report/summary.js';
-import { junitReport } from '../report/junit.js';
 import { inGitHubActions, issueAnnotations, stepAnnotation } from '../report/github-annotations.js';
 import { PLAN_FORMATS } from '../report/plan-report.js';
 import { stepEdges, type StepEdge } from '../graph/step-edges.js';
 import { helpText, parseCli, type ParsedArgs } from './flags.js';
 import { createProgress, type ProgressMode } from './progress.js';
-import { cacheCommand } from './cache-command.js';
 import { withExcerpts } from './excerpts.js';
 import { runForcedExitCleanups } from '../util/forced-exit.js';
 import type { ArchiveKind } from '../oci/archive.js';
@@ -74,6 +71,8 @@ async function dispatch(args: ParsedArgs, io: CliIo): Promise<number> {
     case 'plan':
       return planCommand(args.file, args.values, io);
     case 'unpack': {
+      // unpack, cache maintenance and JUnit load only when asked for: every run pays for what starts with the CLI.
+      const { parseLayoutRef, unpackImage } = await import('../oci/unpack.js');
       const { layout, ref } = parseLayoutRef(args.file);
       const dest = path.resolve(io.cwd, args.args[0]!);
       const res = await unpackImage(path.resolve(io.cwd, layout), ref, dest);
@@ -82,7 +81,7 @@ async function dispatch(args: ParsedArgs, io: CliIo): Promise<number> {
     }
     case 'cache':
       // Only read or removed from: `cache` never creates the cache directory.
-      return cacheCommand(args.file, args.values, io, path.resolve(io.cwd, (args.values['cache-dir'] as string | undefined) ?? defaultCacheDir(io.env)));
+      return (await import('./cache-command.js')).cacheCommand(args.file, args.values, io, path.resolve(io.cwd, (args.values['cache-dir'] as string | undefined) ?? defaultCacheDir(io.env)));
   }
 }
 
@@ -216,7 +215,7 @@ async function writeReports(result: BuildResult, edges: StepEdge[], reports: str
     const file = path.resolve(io.cwd, r);
     await write(`report ${r}`, async () => {
       await mkdir(path.dirname(file), { recursive: true });
-      await writeFile(file, /\.json$/i.test(r) ? jsonReport(result) : /\.xml$/i.test(r) ? junitReport(result) : markdownReport(result, edges));
+      await writeFile(file, /\.json$/i.test(r) ? jsonReport(result) : /\.xml$/i.test(r) ? (await import('../report/junit.js')).junitReport(result) : markdownReport(result, edges));
     });
   }
   const summaryFile = io.env.GITHUB_STEP_SUMMARY;
