@@ -241,7 +241,7 @@ function unitsOf(inv: CacheInventory): { units: Unit[]; dependents: Map<string, 
  * after the builds that ran since the scan; each unit is looked at once.
  */
 function usedSince(root: string, since: number): (u: Unit) => boolean {
-  const newer = (file: string): boolean => (statSync(file, { throwIfNoEntry: false })?.mtimeMs ?? -Infinity) >= since;
+  const newer = (file: string, slack = 0): boolean => (statSync(file, { throwIfNoEntry: false })?.mtimeMs ?? -Infinity) >= since + slack;
   let named: Set<string> | undefined;
   const namedByNewRecords = (): Set<string> => {
     if (named) return named;
@@ -259,10 +259,19 @@ function usedSince(root: string, since: number): (u: Unit) => boolean {
     if (u.holds.length === 0) return u.files.some((f) => newer(f.path));
     return u.holds.some((h) => {
       const space = h.indexOf(' ');
-      return newer(usePath(root, h.slice(0, space) as LeaseKind, h.slice(space + 1))) || namedByNewRecords().has(h);
+      return newer(usePath(root, h.slice(0, space) as LeaseKind, h.slice(space + 1)), USE_TIME_SLACK_MS) || namedByNewRecords().has(h);
     });
   };
 }
+
+/**
+ * Use-times are set with the wall clock (utimes), which runs up to a timer
+ * tick ahead of the file system's coarse clock that `since` comes from: a
+ * use that ended just before the scan could look newer than it. Only
+ * last-use order depends on this; what a build wrote is found by its
+ * records' own (file-system clock) times, with no slack.
+ */
+const USE_TIME_SLACK_MS = 20;
 
 function readdirOr(dir: string): string[] {
   try {
