@@ -28,9 +28,9 @@ import type { LayerRef } from '../cache/step-records.js';
 import { asDiskFull, CacheCorruptError } from '../errors.js';
 import { applyLayer } from '../oci/layer-apply.js';
 import { heldElsewhere } from '../snapshot/held-elsewhere.js';
-import { publishStamped, stageFile, treeStamp, treeStampIfReadable } from '../snapshot/tree-stamp.js';
+import { publishStamped, treeStamp, treeStampIfReadable } from '../snapshot/tree-stamp.js';
 import { faultPoint } from '../util/fault-point.js';
-import { discardTree } from '../util/fs-atomic.js';
+import { discardTree, stageFile } from '../util/fs-atomic.js';
 import { readJsonIfPresent } from '../util/fs-read.js';
 
 export interface Snapshot {

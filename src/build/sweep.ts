@@ -12,25 +12,23 @@ import { execFile } from 'node:child_process';
 import { readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { parseOwnerTag, thisHost } from '../util/owner-tag.js';
+import { ownerAlive, parseOwnerTag } from '../util/owner-tag.js';
 import { mountsUnder, unmount } from '../snapshot/overlay-mount.js';
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 const run = promisify(execFile);
 
 export async function sweepStale(cacheDir: string): Promise<void> {
-  const host = thisHost();
   for (const sub of ['tmp', 'ingest', 'leases']) {
     const dir = path.join(cacheDir, sub);
     const names = await readdir(dir).catch(() => [] as string[]);
     for (const name of names) {
-      const owner = parseOwnerTag(name);
       const abs = path.join(dir, name);
-      const here = owner !== undefined && owner.host === host;
-      const deadHere = here && !isAlive(owner.pid);
+      const owner = parseOwnerTag(name);
+      const mtimeMs = (await stat(abs).catch(() => undefined))?.mtimeMs ?? Date.now();
       // A live run of this host may well be older than a day: never pull its steps away.
-      const old = !here && Date.now() - ((await stat(abs).catch(() => undefined))?.mtimeMs ?? Date.now()) > DAY_MS;
-      if (deadHere || old) await removeTree(abs);
+      const live = owner ? ownerAlive(owner, mtimeMs, DAY_MS) : Date.now() - mtimeMs <= DAY_MS;
+      if (!live) await removeTree(abs);
     }
   }
 }
@@ -61,15 +59,5 @@ async function stopContainers(dir: string): Promise<void> {
         await run(runtime, [`--root=${state}`, 'delete', '--force', id]).catch(() => undefined);
       }
     }
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    // EPERM: it exists, it is just not ours.
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }

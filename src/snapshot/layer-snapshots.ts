@@ -28,9 +28,9 @@ import type { LayerRef } from '../cache/step-records.js';
 import { asDiskFull, CacheCorruptError } from '../errors.js';
 import { applyLayer } from '../oci/layer-apply.js';
 import { faultPoint } from '../util/fault-point.js';
-import { discardTree } from '../util/fs-atomic.js';
+import { discardTree, stageFile } from '../util/fs-atomic.js';
 import { heldElsewhere } from './held-elsewhere.js';
-import { publishStamped, stageFile, treeStamp, treeStampIfReadable } from './tree-stamp.js';
+import { publishStamped, treeStamp, treeStampIfReadable } from './tree-stamp.js';
 
 export class LayerSnapshots {
   private readonly inflight = new Map<string, Promise<string>>();

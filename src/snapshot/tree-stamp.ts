@@ -11,11 +11,10 @@
  * a cache copied elsewhere (`cp -a`, rsync) keeps its snapshots; the root's
  * own entry is left out because renaming the tree into place changes it.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { lstatSync, readdirSync } from 'node:fs';
-import { mkdir, open, rename, rm } from 'node:fs/promises';
+import { rename, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { ownerTag } from '../util/owner-tag.js';
 
 export const STAMP_VERSION = 'tree-stamp.v1';
 
@@ -43,29 +42,6 @@ export function treeStampIfReadable(root: string): string | undefined {
   } catch {
     return undefined;
   }
-}
-
-/**
- * Writes `data` to a new file in `stagingDir` (the cache's `ingest/`, swept
- * after a crash) and fsyncs it: staged, to be renamed beside a snapshot only
- * once the snapshot's own rename has succeeded (publishStaged).
- */
-export async function stageFile(stagingDir: string, data: string): Promise<string> {
-  await mkdir(stagingDir, { recursive: true });
-  const file = path.join(stagingDir, `${ownerTag()}-${randomBytes(8).toString('hex')}`);
-  try {
-    const fh = await open(file, 'wx', 0o644);
-    try {
-      await fh.writeFile(data);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-  } catch (err) {
-    await rm(file, { force: true });
-    throw err;
-  }
-  return file;
 }
 
 /**

@@ -21,13 +21,7 @@ export async function writeFileAtomic(target: string, data: string | Uint8Array,
   await mkdir(path.dirname(target), { recursive: true });
   const tmp = stagingDir ? await stagingName(stagingDir) : tempSibling(target);
   try {
-    const fh = await open(tmp, 'w', 0o644);
-    try {
-      await fh.writeFile(data);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
+    await writeSynced(tmp, data, 'w');
     faultPoint('write');
     await rename(tmp, target);
   } catch (err) {
@@ -45,6 +39,32 @@ export function tempSibling(target: string): string {
 export const TEMP_PREFIX = '.layergraph-tmp-';
 /** Random bytes at the end of a temp sibling's name (twice as many hex digits). */
 export const TEMP_RANDOM_BYTES = 6;
+
+/**
+ * Writes `data` to a new file in `stagingDir` (the cache's `ingest/`, swept
+ * after a crash) and fsyncs it, for a caller that renames it into place only
+ * once something else has succeeded (tree-stamp.ts's publishStamped).
+ */
+export async function stageFile(stagingDir: string, data: string): Promise<string> {
+  const file = await stagingName(stagingDir);
+  try {
+    await writeSynced(file, data, 'wx');
+  } catch (err) {
+    await rm(file, { force: true });
+    throw err;
+  }
+  return file;
+}
+
+async function writeSynced(file: string, data: string | Uint8Array, flags: 'w' | 'wx'): Promise<void> {
+  const fh = await open(file, flags, 0o644);
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
 
 async function stagingName(dir: string): Promise<string> {
   await mkdir(dir, { recursive: true });
