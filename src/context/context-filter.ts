@@ -21,9 +21,16 @@ export interface ContextFilter {
    * pattern that can match below it), so a walk has to look inside it.
    */
   walkExcluded(absDir: string): boolean;
+  /**
+   * Whether anything below `absDir` (a directory that is itself part of the
+   * context) may be excluded. When not, a walk of it asks nothing per entry:
+   * matching every file of a big tree against every pattern cost a no-op
+   * rebuild more than stat'ing it.
+   */
+  mayExcludeBelow(absDir: string): boolean;
 }
 
-export const NO_FILTER: ContextFilter = { excluded: () => undefined, walkExcluded: () => false };
+export const NO_FILTER: ContextFilter = { excluded: () => undefined, walkExcluded: () => false, mayExcludeBelow: () => false };
 
 export async function loadContextFilter(context: string, ownDirs: string[]): Promise<ContextFilter> {
   const root = await realpath(context);
@@ -32,7 +39,8 @@ export async function loadContextFilter(context: string, ownDirs: string[]): Pro
   // A CommonJS package whose types declare an ES default export: under NodeNext the default import is
   // the module object, which at run time is also the function.
   const ig = (dockerignore as unknown as typeof dockerignore.default)().add(patterns);
-  const exceptionPrefixes = patterns.filter((p) => p.startsWith('!')).map(staticPrefix);
+  const exceptionPrefixes = patterns.filter((p) => p.startsWith('!')).map((p) => staticPrefix(p.slice(1)));
+  const exclusionPrefixes = patterns.filter((p) => !p.startsWith('!')).map(staticPrefix);
   const isOwn = (abs: string): boolean => own.some((d) => abs === d || relInside(d, abs) !== undefined);
   const relOf = (abs: string): string | undefined => relInside(root, abs);
   return {
@@ -47,6 +55,16 @@ export async function loadContextFilter(context: string, ownDirs: string[]): Pro
       // An exception can only bring back something below `rel` if its fixed start
       // lies on the way to `rel` or below it (`!src/**` for src, `!**/keep` for any).
       return exceptionPrefixes.some((prefix) => `${rel}/`.startsWith(prefix) || prefix.startsWith(`${rel}/`));
+    },
+    mayExcludeBelow(absDir) {
+      if (own.some((d) => relInside(absDir, d) !== undefined)) return true;
+      if (absDir === root) return exclusionPrefixes.length > 0;
+      const rel = relOf(absDir);
+      if (rel === undefined) return false;
+      // Patterns match whole paths from the context root, so a path below `rel` can only match
+      // one whose fixed start lies on the way to `rel` or below it. (Exceptions only bring
+      // paths back, and `rel` itself is not excluded.)
+      return exclusionPrefixes.some((prefix) => `${rel}/`.startsWith(prefix) || prefix.startsWith(`${rel}/`));
     },
   };
 }
@@ -68,9 +86,9 @@ async function readPatterns(file: string): Promise<string[]> {
     .filter((l) => l && !l.startsWith('#'));
 }
 
-/** The part of an exception pattern before its first glob character, cleaned like Docker cleans it. */
+/** The part of a pattern (without its `!`) before its first glob character, cleaned like Docker cleans it. */
 function staticPrefix(pattern: string): string {
-  const clean = path.posix.normalize(pattern.slice(1).trim().replace(/^\/+/, ''));
+  const clean = path.posix.normalize(pattern.trim().replace(/^\/+/, ''));
   const glob = clean.search(/[*?[\\]/);
   return glob === -1 ? clean : clean.slice(0, glob);
 }

@@ -217,29 +217,30 @@ async function resolveInImage(root: string, rel: string): Promise<string> {
 // idle time for 5,000 files on a no-op rebuild).
 async function walk(dir: string, filter: ContextFilter): Promise<SelectedEntry[]> {
   const out: SelectedEntry[] = [];
-  function visit(absDir: string, relDir: string): void {
+  function visit(absDir: string, relDir: string, dirExcluded: boolean): void {
     const names = readdirSync(absDir).sort();
+    const check = dirExcluded || filter.mayExcludeBelow(absDir);
     for (const name of names) {
       const abs = path.join(absDir, name);
-      const excluded = filter.excluded(abs) !== undefined;
+      const excluded = check && filter.excluded(abs) !== undefined;
       const rel = relDir ? `${relDir}/${name}` : name;
       const st = lstatSync(abs);
       if (excluded) {
         // An excluded directory is still walked when a `!` pattern may bring back something inside it.
-        if (st.isDirectory() && filter.walkExcluded(abs)) visit(abs, rel);
+        if (st.isDirectory() && filter.walkExcluded(abs)) visit(abs, rel, true);
         continue;
       }
       if (st.isSymbolicLink()) {
         out.push({ rel, abs, stat: st, linkTarget: readlinkSync(abs) });
       } else if (st.isDirectory()) {
         out.push({ rel, abs, stat: st });
-        visit(abs, rel);
+        visit(abs, rel, false);
       } else if (st.isFile()) {
         out.push({ rel, abs, stat: st });
       }
       // Sockets, fifos and devices in a build context are not copyable content; Docker skips them too.
     }
   }
-  visit(dir, '');
+  visit(dir, '', filter.excluded(dir) !== undefined);
   return out;
 }
