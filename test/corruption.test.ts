@@ -10,7 +10,7 @@
  * that is whole again.
  */
 import { existsSync } from 'node:fs';
-import { appendFile, mkdtemp, readdir, readFile, rm, truncate, unlink, writeFile } from 'node:fs/promises';
+import { appendFile, mkdtemp, readdir, readFile, rm, stat, truncate, unlink, utimes, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -152,6 +152,22 @@ describe('a damaged cache (copy steps)', () => {
     const mid = blob.length >> 1;
     blob[mid] = blob[mid]! ^ 0xff; // same size, other bytes
     await writeFile(fx.blob(layer.digest), blob);
+    const res = await fx.expectRebuilt(/^warning: cache: layer sha256:[0-9a-f]{64} failed its digest check; not used/);
+    expect(stepOf(res, 'app', 'src')).toMatchObject({ status: 'miss', reason: 'cached layer failed its digest check' });
+  });
+
+  it('a blob changed after a build vouched for it by its stat (same size, mtime put back) is still caught', async () => {
+    const layer = stepOf(first, 'app', 'src').layer!;
+    // A hit hashes the blob once and keeps its stat; from then on the stat stands for the hash.
+    expect((await fx.build()).exitCode).toBe(0);
+    const kept = JSON.parse(await readFile(path.join(fx.cache, 'stat-cache.json'), 'utf8')) as { entries: Record<string, unknown[]> };
+    expect(kept.entries[fx.blob(layer.digest)]?.[5]).toBe(layer.digest);
+    const before = await stat(fx.blob(layer.digest));
+    const blob = await readFile(fx.blob(layer.digest));
+    const mid = blob.length >> 1;
+    blob[mid] = blob[mid]! ^ 0xff;
+    await writeFile(fx.blob(layer.digest), blob);
+    await utimes(fx.blob(layer.digest), before.atime, before.mtime);
     const res = await fx.expectRebuilt(/^warning: cache: layer sha256:[0-9a-f]{64} failed its digest check; not used/);
     expect(stepOf(res, 'app', 'src')).toMatchObject({ status: 'miss', reason: 'cached layer failed its digest check' });
   });

@@ -189,9 +189,11 @@ class BuildRun {
   ) {
     this.layerOrder = buildGraph(spec).layerOrder;
     this.images = imagesFor(spec, opts.targets);
-    this.store = new ContentStore(opts.cacheDir);
+    // One stat cache vouches for input files and for blobs already hashed.
+    const stats = StatCache.in(opts.cacheDir, (what) => this.warn(`cache: ${what}`));
+    this.store = new ContentStore(opts.cacheDir, stats);
     this.records = new StepRecords(opts.cacheDir, (file, what) => this.warn(`cache: ${file} is damaged (${what}); not used`));
-    this.hasher = new ContentHasher(StatCache.in(opts.cacheDir, (what) => this.warn(`cache: ${what}`)));
+    this.hasher = new ContentHasher(stats);
     this.configs = new BaseConfigs(
       (name) => this.images.find((i) => i.name === name)!,
       (image) => this.external(image).then((b) => b.image.config),

@@ -6,7 +6,10 @@
  * and only then renamed to its digest. A name under `blobs/` therefore always
  * holds complete bytes; "already exists" on commit is success. Blobs are
  * re-verified against their digest before they are reused (`verify`), so a
- * damaged cache is caught instead of copied into an image. Every blob a
+ * damaged cache is caught instead of copied into an image; a blob hashed
+ * once is vouched for by its stat after that (the build's stat cache, as for
+ * input files: a write changes its ctime), so a no-op rebuild does not read
+ * every layer again. `cache verify` always re-reads them all. Every blob a
  * build asks about or commits is held in its lease first (cache/leases.ts),
  * so `cache prune` leaves it alone while the build runs.
  *
@@ -17,7 +20,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream, existsSync } from 'node:fs';
-import { access, mkdir, readFile, rename, rm } from 'node:fs/promises';
+import { access, lstat, mkdir, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -27,6 +30,7 @@ import { faultPoint } from '../util/fault-point.js';
 import { writeFileAtomic } from '../util/fs-atomic.js';
 import { ownerTag } from '../util/owner-tag.js';
 import { hold } from './leases.js';
+import { StatCache } from '../context/stat-cache.js';
 
 export interface BlobInfo {
   /** `sha256:<hex>` */
@@ -40,7 +44,11 @@ export class ContentStore {
   private readonly remotes = new Map<string, () => Promise<void>>();
   private readonly fetching = new Map<string, Promise<void>>();
 
-  constructor(readonly root: string) {}
+  constructor(
+    readonly root: string,
+    /** Blobs already hashed, by path and stat; default: none (every verify reads the blob). */
+    private readonly verified: StatCache = StatCache.none(),
+  ) {}
 
   /** `fetch` puts `digest` into this store when something first reads it. */
   addRemote(digest: string, fetch: () => Promise<void>): void {
@@ -146,8 +154,14 @@ export class ContentStore {
   /** True when the blob exists and its bytes still hash to its name. */
   async verify(digest: string): Promise<boolean> {
     await hold(this.root, 'blob', digest);
+    const file = this.blobPath(digest);
     try {
-      return (await sha256File(this.blobPath(digest))) === digest;
+      const st = await lstat(file);
+      await this.verified.ready();
+      if (this.verified.known(file, st) === digest) return true;
+      if ((await sha256File(file)) !== digest) return false;
+      this.verified.remember(file, st, digest);
+      return true;
     } catch {
       return false;
     }
