@@ -31,14 +31,16 @@ import type { RuntimeConfig } from '../oci/image-config.js';
 import { CopyDestinationError, mergeDirs, planCopy, type CopyPlan, type DirMeta } from '../exec/copy-step.js';
 import { destinationIssue, validateSources } from './validate-sources.js';
 import { buildGraph, imagesFor, nodeId } from '../graph/build-graph.js';
-import { packTree } from '../oci/layer-pack.js';
+import { packTree, type TreeEntry } from '../oci/layer-pack.js';
 import type { ArchiveKind } from '../oci/archive.js';
 import { assembleImages, type BuiltImage } from './assemble.js';
 import { copyInputs, copyMaterial, copySelections } from './copy-inputs.js';
+import type { Selection } from '../context/select.js';
 import type { BuildEvent, StepResult } from './events.js';
 import { Semaphore } from '../util/semaphore.js';
 import { SnapshotCache, type Snapshot } from './snapshots.js';
 import { ownerTag } from '../util/owner-tag.js';
+import { writeTree } from '../snapshot/tree-write.js';
 import { once } from '../util/once.js';
 import { removeTree, sweepStale } from './sweep.js';
 import { checkMerge, type MergeChoice } from './merge-check.js';
@@ -176,6 +178,10 @@ class BuildRun {
   private filter: ContextFilter = NO_FILTER;
   private readonly warnings: string[] = [];
   private readonly layerChecks = new Map<string, Promise<string | undefined>>();
+  /** What sources select in the context, by their spelling: steps of several images that copy the same sources walk them once. */
+  private readonly selections = new Map<string, Promise<Selection[]>>();
+  /** Copy steps (`image\0step`) that a `run` step of their image mounts: their layer is also written out as a lower. */
+  private readonly underRuns: Set<string>;
   /** Damage found in the cache or the output: said once (a warning event, and in the result), then rebuilt around. */
   private readonly warn = (text: string): void => {
     if (this.warnings.includes(text)) return;
@@ -189,6 +195,7 @@ class BuildRun {
   ) {
     this.layerOrder = buildGraph(spec).layerOrder;
     this.images = imagesFor(spec, opts.targets);
+    this.underRuns = stepsUnderRuns(this.images);
     // One stat cache vouches for input files and for blobs already hashed.
     const stats = StatCache.in(opts.cacheDir, (what) => this.warn(`cache: ${what}`));
     this.store = new ContentStore(opts.cacheDir, stats);
@@ -324,7 +331,7 @@ class BuildRun {
         const derive = async (snapshot: Snapshot | undefined) => {
           const selections = snapshot
             ? await copySelections(step, snapshot.root, { realModes: snapshot.realModes })
-            : await copySelections(step, this.spec.context, { filter: this.filter });
+            : await this.contextSelections(step);
           const material = copyMaterial(step, await copyInputs(step, selections, this.hasher), parent?.chain ?? null, this.opts.sourceDateEpoch);
           return { selections, material, key: await stepKey(material) };
         };
@@ -353,7 +360,7 @@ class BuildRun {
             ownDirs,
           })),
         );
-        const result = await this.reuseOrBuild(image, step, key, material, startMs, async () => this.buildLayer(await plan()));
+        const result = await this.reuseOrBuild(image, step, key, material, startMs, async () => this.buildLayer(await plan(), this.underRuns.has(`${image.name}\0${step.id}`)));
         this.finish(result);
         return result.layer;
       });
@@ -662,18 +669,65 @@ class BuildRun {
     return { to: to.kind === 'dir' ? `dir:${to.path}` : `registry:${to.ref}`, records: records.length, blobs, bytes };
   }
 
-  /** A copy step's layer, packed straight from its sources: no staging copy in an upper. */
-  private async buildLayer(plan: CopyPlan): Promise<LayerRef | null> {
+  /**
+   * A copy step's layer, packed straight from its sources: no staging copy in
+   * an upper. When a `run` step above will mount it (`forRun`), it is also
+   * written out as that lower from the same sources, rather than unpacked
+   * from the blob later.
+   */
+  private async buildLayer(plan: CopyPlan, forRun: boolean): Promise<LayerRef | null> {
     if (plan.isEmpty) return null;
-    const packed = packTree(plan.treeEntries(), {
+    const entries = plan.treeEntries();
+    const packed = packTree(entries, {
       mtime: this.opts.sourceDateEpoch,
       owner: (rel) => plan.meta(rel),
       mode: (rel) => plan.meta(rel).mode,
     });
     const blob = await this.store.ingest(packed.stream);
-    // Before the layer is recorded under a key that was computed from the files' earlier content.
-    await plan.checkUnchanged();
-    return { digest: blob.digest, size: blob.size, diffId: await packed.diffId };
+    const layer = { digest: blob.digest, size: blob.size, diffId: await packed.diffId };
+    const lower = forRun ? await this.writeLower(entries, plan) : undefined;
+    try {
+      // Before the layer is recorded under a key that was computed from the files' earlier content
+      // (and the lower kept: it was read from the same files).
+      plan.checkUnchanged();
+    } catch (err) {
+      if (lower) await rm(lower, { recursive: true, force: true });
+      throw err;
+    }
+    if (lower) await (await this.openExecution()).snapshotter.keepTree(lower, layer);
+    return layer;
+  }
+
+  /**
+   * The copy's layer as an overlay lower, for the `run` step above it; undefined where
+   * `run` steps cannot mount (not root, the copy snapshotter) or when writing it failed
+   * for any reason but a full disk: the run step then unpacks the blob, as it would anyway.
+   */
+  private async writeLower(entries: TreeEntry[], plan: CopyPlan): Promise<string | undefined> {
+    if (process.getuid?.() !== 0 || this.opts.snapshotter === 'copy') return undefined;
+    const execution = await this.openExecution().catch(() => undefined);
+    if (execution?.snapshotter.name !== 'overlay') return undefined;
+    const dir = path.join(this.tmpRoot, `lower-${randomBytes(6).toString('hex')}`);
+    try {
+      writeTree(entries, dir, (rel) => plan.meta(rel), this.opts.sourceDateEpoch);
+      return dir;
+    } catch (err) {
+      await rm(dir, { recursive: true, force: true });
+      const full = asDiskFull(err, dir);
+      if (full !== err) throw full;
+      return undefined;
+    }
+  }
+
+  private contextSelections(step: CopyStep): Promise<Selection[]> {
+    const key = JSON.stringify(step.sources);
+    let selected = this.selections.get(key);
+    if (!selected) {
+      selected = copySelections(step, this.spec.context, { filter: this.filter });
+      this.selections.set(key, selected);
+    }
+    // An error names a place in the build file: this step's own.
+    return selected.catch(() => copySelections(step, this.spec.context, { filter: this.filter }));
   }
 
   /** What a step sits on: its needs (in layer order), or its image's base. */
@@ -820,4 +874,23 @@ function asUserError(err: unknown, image: ImageSpec, step: StepSpec): Error {
   if (full !== err) return asUserError(full, image, step);
   const message = err instanceof Error ? err.message : String(err);
   return new StepError(image.name, step.id, message, step.pos, { cause: err });
+}
+
+/** `image\0step` of every copy step that some `run` step of the same image sits on, directly or through its needs. */
+function stepsUnderRuns(images: readonly ImageSpec[]): Set<string> {
+  const out = new Set<string>();
+  for (const image of images) {
+    const byId = new Map(image.steps.map((s) => [s.id, s]));
+    const seen = new Set<string>();
+    const visit = (id: string): void => {
+      for (const need of byId.get(id)?.needs ?? []) {
+        if (seen.has(need)) continue;
+        seen.add(need);
+        if (byId.get(need)?.kind === 'copy') out.add(`${image.name}\0${need}`);
+        visit(need);
+      }
+    };
+    for (const s of image.steps) if (s.kind === 'run') visit(s.id);
+  }
+  return out;
 }

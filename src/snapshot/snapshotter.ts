@@ -42,6 +42,12 @@ export interface Snapshotter {
   prepare(lowers: LayerRef[], dir: string): Promise<PreparedRoot>;
   /** Keep a committed upper as the snapshot of the layer it was packed into (with that layer's `mtime`). */
   keep(upper: string, layer: LayerRef, mtime: number): Promise<void>;
+  /**
+   * Keep a tree already in lower format, metadata and all, as the layer's
+   * snapshot (a copy step's layer written from its plan, snapshot/tree-write.ts).
+   * The tree is moved or deleted: the caller no longer owns it.
+   */
+  keepTree(tree: string, layer: LayerRef): Promise<void>;
 }
 
 export interface SnapshotterDeps {
@@ -108,6 +114,10 @@ class OverlaySnapshotter implements Snapshotter {
     await this.layers.adopt(upper, layer);
   }
 
+  async keepTree(tree: string, layer: LayerRef): Promise<void> {
+    await this.layers.adopt(tree, layer);
+  }
+
   /** One lower of empty mount points, shared by every mount (it never changes). */
   private mountStubs(): Promise<string> {
     this.stubs ??= (async () => {
@@ -163,6 +173,12 @@ class CopySnapshotter implements Snapshotter {
     if (process.getuid?.() !== 0) return;
     await settleUpper(upper, mtime);
     await this.layers.adopt(upper, layer);
+  }
+
+  async keepTree(tree: string, layer: LayerRef): Promise<void> {
+    // Copies of the layers below are made from blobs (materializeRoot); kept only for a later overlay mount.
+    if (process.getuid?.() !== 0) return rm(tree, { recursive: true, force: true });
+    await this.layers.adopt(tree, layer);
   }
 }
 
