@@ -39,8 +39,8 @@ export async function loadContextFilter(context: string, ownDirs: string[]): Pro
   // A CommonJS package whose types declare an ES default export: under NodeNext the default import is
   // the module object, which at run time is also the function.
   const ig = (dockerignore as unknown as typeof dockerignore.default)().add(patterns);
-  const exceptionPrefixes = patterns.filter((p) => p.startsWith('!')).map((p) => staticPrefix(p.slice(1)));
-  const exclusionPrefixes = patterns.filter((p) => !p.startsWith('!')).map(staticPrefix);
+  const exceptionPrefixes = patterns.filter((p) => p.startsWith('!')).map((p) => asciiLower(literalPrefix(p.slice(1))));
+  const exclusionPrefixes = patterns.filter((p) => !p.startsWith('!')).map((p) => asciiLower(literalPrefix(p)));
   const isOwn = (abs: string): boolean => own.some((d) => abs === d || relInside(d, abs) !== undefined);
   const relOf = (abs: string): string | undefined => relInside(root, abs);
   return {
@@ -54,7 +54,8 @@ export async function loadContextFilter(context: string, ownDirs: string[]): Pro
       if (rel === undefined || isOwn(absDir)) return false;
       // An exception can only bring back something below `rel` if its fixed start
       // lies on the way to `rel` or below it (`!src/**` for src, `!**/keep` for any).
-      return exceptionPrefixes.some((prefix) => `${rel}/`.startsWith(prefix) || prefix.startsWith(`${rel}/`));
+      const dir = `${asciiLower(rel)}/`;
+      return exceptionPrefixes.some((prefix) => dir.startsWith(prefix) || prefix.startsWith(dir));
     },
     mayExcludeBelow(absDir) {
       if (own.some((d) => relInside(absDir, d) !== undefined)) return true;
@@ -63,8 +64,9 @@ export async function loadContextFilter(context: string, ownDirs: string[]): Pro
       if (rel === undefined) return false;
       // Patterns match whole paths from the context root, so a path below `rel` can only match
       // one whose fixed start lies on the way to `rel` or below it. (Exceptions only bring
-      // paths back, and `rel` itself is not excluded.)
-      return exclusionPrefixes.some((prefix) => `${rel}/`.startsWith(prefix) || prefix.startsWith(`${rel}/`));
+      // paths back, and `rel` itself is not excluded.) The matcher ignores case.
+      const dir = `${asciiLower(rel)}/`;
+      return exclusionPrefixes.some((prefix) => dir.startsWith(prefix) || prefix.startsWith(dir));
     },
   };
 }
@@ -86,9 +88,17 @@ async function readPatterns(file: string): Promise<string[]> {
     .filter((l) => l && !l.startsWith('#'));
 }
 
-/** The part of a pattern (without its `!`) before its first glob character, cleaned like Docker cleans it. */
-function staticPrefix(pattern: string): string {
+/**
+ * The start of a pattern that can only match itself (up to ASCII case): the
+ * matcher builds a case-insensitive regex and escapes only `.` and `$`, so
+ * any other character but letters, digits, `/`, `_` and `-` may be special.
+ */
+function literalPrefix(pattern: string): string {
   const clean = path.posix.normalize(pattern.trim().replace(/^\/+/, ''));
-  const glob = clean.search(/[*?[\\]/);
-  return glob === -1 ? clean : clean.slice(0, glob);
+  const special = clean.search(/[^A-Za-z0-9/._-]/);
+  return special === -1 ? clean : clean.slice(0, special);
+}
+
+function asciiLower(s: string): string {
+  return s.replace(/[A-Z]/g, (c) => c.toLowerCase());
 }
