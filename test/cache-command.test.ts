@@ -237,6 +237,33 @@ describe('cache verify', () => {
     expect(digests(rebuilt)).toEqual(digests(first));
   });
 
+  it('takes back the stat cache’s word for a bad blob it finds, even with --dry-run, so the next build hashes it again', async () => {
+    const dir = await project();
+    const cacheDir = path.join(dir, 'cache');
+    const first = await build(dir, cacheDir);
+    const a = stepsOf(first, 'app').find((s) => s.id === 'a')!;
+    const aBlob = usePath(cacheDir, 'blob', a.layer!.digest);
+    const bytes = await readFile(aBlob);
+    bytes.writeUInt8(bytes.readUInt8(bytes.length - 10) ^ 0xff, bytes.length - 10);
+    await writeFile(aBlob, bytes);
+    // As if the damage had come without a stat change (bit rot): the stat cache vouches for the bad bytes.
+    const st = await stat(aBlob);
+    const statCache = path.join(cacheDir, 'stat-cache.json');
+    const kept = JSON.parse(await readFile(statCache, 'utf8')) as { version: number; entries: Record<string, unknown[]> };
+    kept.entries[aBlob] = [st.size, st.mtimeMs, st.ctimeMs, st.ino, st.dev, a.layer!.digest];
+    await writeFile(statCache, JSON.stringify(kept));
+
+    const dry = await cache('verify', '--cache-dir', cacheDir, '--dry-run');
+    expect(dry.exitCode).toBe(1);
+    expect(existsSync(aBlob)).toBe(true);
+    const after = JSON.parse(await readFile(statCache, 'utf8')) as { entries: Record<string, unknown> };
+    expect(after.entries[aBlob]).toBeUndefined();
+
+    const rebuilt = await build(dir, cacheDir);
+    expect(rebuilt.steps.filter((s) => s.status === 'miss').map((s) => s.id)).toEqual(['a']);
+    expect(digests(rebuilt)).toEqual(digests(first));
+  });
+
   it('checks every snapshot against its stamp, and removes one that was changed', async () => {
     const dir = await project();
     const cacheDir = path.join(dir, 'cache');

@@ -154,6 +154,7 @@ class BuildRun {
   private readonly records: StepRecords;
   private readonly snapshots: SnapshotCache;
   private readonly hasher: ContentHasher;
+  private readonly stats: StatCache;
   private readonly jobs: Semaphore;
   private readonly tmpRoot: string;
   private readonly results = new Map<string, StepResult>();
@@ -197,10 +198,10 @@ class BuildRun {
     this.images = imagesFor(spec, opts.targets);
     this.underRuns = stepsUnderRuns(this.images);
     // One stat cache vouches for input files and for blobs already hashed.
-    const stats = StatCache.in(opts.cacheDir, (what) => this.warn(`cache: ${what}`));
-    this.store = new ContentStore(opts.cacheDir, stats);
+    this.stats = StatCache.in(opts.cacheDir, (what) => this.warn(`cache: ${what}`));
+    this.store = new ContentStore(opts.cacheDir, this.stats);
     this.records = new StepRecords(opts.cacheDir, (file, what) => this.warn(`cache: ${file} is damaged (${what}); not used`));
-    this.hasher = new ContentHasher(stats);
+    this.hasher = new ContentHasher(this.stats);
     this.configs = new BaseConfigs(
       (name) => this.images.find((i) => i.name === name)!,
       (image) => this.external(image).then((b) => b.image.config),
@@ -694,17 +695,27 @@ class BuildRun {
       if (lower) await rm(lower, { recursive: true, force: true });
       throw err;
     }
-    if (lower) await (await this.openExecution()).snapshotter.keepTree(lower, layer);
+    if (lower) await this.keepLower(lower, layer);
     return layer;
   }
 
   /**
-   * The copy's layer as an overlay lower, for the `run` step above it; undefined where
-   * `run` steps cannot mount (not root, the copy snapshotter) or when writing it failed
-   * for any reason but a full disk: the run step then unpacks the blob, as it would anyway.
+   * The copy's layer as an overlay lower, for the `run` step above it, or undefined
+   * (the run step then unpacks the blob, as it would anyway): where run steps cannot
+   * mount (not root, the copy snapshotter); when a source might have changed unseen
+   * since the packer read it (racily clean: the stat re-check could not tell, and the
+   * lower must be the blob's content); when the files are big enough that copying
+   * them synchronously would stall the build; and when writing it failed for any
+   * reason but a full disk.
    */
   private async writeLower(entries: TreeEntry[], plan: CopyPlan): Promise<string | undefined> {
     if (process.getuid?.() !== 0 || this.opts.snapshotter === 'copy') return undefined;
+    let bytes = 0;
+    for (const e of entries) {
+      if (e.kind !== 'file') continue;
+      bytes += e.st!.size;
+      if (e.st!.size > LOWER_MAX_FILE || bytes > LOWER_MAX_BYTES || !this.stats.settled(e.st!)) return undefined;
+    }
     const execution = await this.openExecution().catch(() => undefined);
     if (execution?.snapshotter.name !== 'overlay') return undefined;
     const dir = path.join(this.tmpRoot, `lower-${randomBytes(6).toString('hex')}`);
@@ -716,6 +727,17 @@ class BuildRun {
       const full = asDiskFull(err, dir);
       if (full !== err) throw full;
       return undefined;
+    }
+  }
+
+  /** Hands a written lower to the snapshotter; as with writing it, only a full disk fails the step. */
+  private async keepLower(lower: string, layer: LayerRef): Promise<void> {
+    try {
+      await (await this.openExecution()).snapshotter.keepTree(lower, layer);
+    } catch (err) {
+      await rm(lower, { recursive: true, force: true });
+      const full = asDiskFull(err, lower);
+      if (full !== err) throw full;
     }
   }
 
@@ -875,6 +897,10 @@ function asUserError(err: unknown, image: ImageSpec, step: StepSpec): Error {
   const message = err instanceof Error ? err.message : String(err);
   return new StepError(image.name, step.id, message, step.pos, { cause: err });
 }
+
+/** A copy's lower is written from its sources only up to these sizes (per file, in all): beyond, it is unpacked asynchronously when mounted. */
+const LOWER_MAX_FILE = 4 * 1024 * 1024;
+const LOWER_MAX_BYTES = 64 * 1024 * 1024;
 
 /** `image\0step` of every copy step that some `run` step of the same image sits on, directly or through its needs. */
 function stepsUnderRuns(images: readonly ImageSpec[]): Set<string> {

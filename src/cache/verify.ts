@@ -21,6 +21,7 @@ import { heldElsewhere } from '../snapshot/held-elsewhere.js';
 import { treeStampIfReadable } from '../snapshot/tree-stamp.js';
 import { ownerTag } from '../util/owner-tag.js';
 import { sha256File } from './content-store.js';
+import { StatCache } from '../context/stat-cache.js';
 import { acquireMaintenanceLock } from './maintenance-lock.js';
 import { readStepRecord, scanCache, SNAPSHOT_META } from './usage.js';
 
@@ -105,6 +106,8 @@ export async function verifyCache(cacheDir: string, opts: VerifyOptions = {}): P
     }
     if (opts.signal?.aborted) rep.interrupted = true;
     rep.problems = [...badBlobs.values(), ...badRecords, ...badSnapshots];
+    // Builds vouch for a blob they hashed once by its stat; a bad one, removed or not (dry run), is hashed again.
+    if (badBlobs.size) await StatCache.in(cacheDir).forget([...badBlobs.values()].map((b) => b.path));
     if (dryRun || rep.interrupted || rep.problems.length === 0) return rep;
 
     const trash = path.join(cacheDir, 'tmp', `${ownerTag()}-verify-${randomBytes(4).toString('hex')}`);

@@ -4,7 +4,7 @@
  * (concurrent asks for the same file share one read), and its hash kept.
  */
 import type { Stats } from 'node:fs';
-import { closeSync, constants as fsConstants, createReadStream, openSync, readFileSync } from 'node:fs';
+import { closeSync, constants as fsConstants, createReadStream, fstatSync, openSync, readSync } from 'node:fs';
 import { getXXHash, toHex64 } from '../util/xxhash.js';
 import { StatCache } from './stat-cache.js';
 
@@ -30,7 +30,7 @@ export class ContentHasher implements FileHasher {
       p = this.stats.lookup(absPath, st).then(async (known) => {
         if (known) return known;
         this.reads++;
-        const hash = await hashContent(absPath, st.size);
+        const hash = await hashContent(absPath, st);
         this.stats.remember(absPath, st, hash);
         return hash;
       });
@@ -60,23 +60,41 @@ export class ContentHasher implements FileHasher {
  */
 const WHOLE_FILE_LIMIT = 256 * 1024;
 
-async function hashContent(absPath: string, size: number): Promise<string> {
+async function hashContent(absPath: string, st: Stats): Promise<string> {
   const { create64, h64Raw } = await getXXHash();
-  if (size <= WHOLE_FILE_LIMIT) return toHex64(h64Raw(readSmallFile(absPath)));
+  if (st.size <= WHOLE_FILE_LIMIT) return toHex64(h64Raw(readListedFile(absPath, st)));
   const h = create64();
   for await (const chunk of createReadStream(absPath, { highWaterMark: WHOLE_FILE_LIMIT })) h.update(chunk as Uint8Array);
   return toHex64(h.digest());
 }
 
 /**
- * The whole of a small file, read synchronously. O_NOFOLLOW: a file swapped
- * for a symlink since it was listed fails instead of hashing what it points at;
- * O_NONBLOCK: one swapped for a fifo fails instead of waiting for a writer.
+ * The bytes of a small file that is still the one listed (`st`): same inode,
+ * still a regular file, still that size. One replaced meanwhile (by a fifo, a
+ * device, a symlink, a bigger file) fails, naming it, rather than hashing
+ * something else under the listed stat. O_NOFOLLOW and O_NONBLOCK: opening a
+ * swapped-in symlink or fifo neither follows it nor waits for a writer.
  */
-export function readSmallFile(absPath: string): Buffer {
-  const fd = openSync(absPath, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+function readListedFile(absPath: string, st: Stats): Buffer {
+  const changed = () => new Error(`${absPath} changed while it was being read; run the build again`);
+  let fd: number;
   try {
-    return readFileSync(fd);
+    fd = openSync(absPath, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw changed();
+    throw err;
+  }
+  try {
+    const now = fstatSync(fd);
+    if (!now.isFile() || now.ino !== st.ino || now.dev !== st.dev || now.size !== st.size) throw changed();
+    const buf = Buffer.allocUnsafe(st.size);
+    let got = 0;
+    while (got < st.size) {
+      const n = readSync(fd, buf, got, st.size - got, got);
+      if (n === 0) throw changed();
+      got += n;
+    }
+    return buf;
   } finally {
     closeSync(fd);
   }

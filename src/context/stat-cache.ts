@@ -85,11 +85,28 @@ export class StatCache {
     if (!this.file) return;
     // Granularity is the file system's, so the probe speaks for it: judging each file by its own
     // timestamps took a fine-grained file that happened to land on a whole second for a coarse one.
-    const coarse = st.dev !== this.probeDev || this.probeCoarse;
-    if (Math.max(st.mtimeMs, st.ctimeMs) >= this.since - (coarse ? COARSE_MARGIN_MS : 0)) return;
+    if (!this.settled(st)) return;
     this.entries.set(absPath, [st.size, st.mtimeMs, st.ctimeMs, st.ino, st.dev, hash]);
     this.used.add(absPath);
     this.changed = true;
+  }
+
+  /**
+   * Whether the file was last changed before this run's probe (see `ready`), by
+   * enough for its file system's timestamps: any later change then changes its
+   * stat. Not so for a "racily clean" file, which a write in the same tick as a
+   * read could change unseen.
+   */
+  settled(st: Stats): boolean {
+    const coarse = st.dev !== this.probeDev || this.probeCoarse;
+    return Math.max(st.mtimeMs, st.ctimeMs) < this.since - (coarse ? COARSE_MARGIN_MS : 0);
+  }
+
+  /** Drops what is kept for these paths (blobs `cache verify` found bad, so no build vouches for them), and writes the file. */
+  async forget(paths: readonly string[]): Promise<void> {
+    await this.load();
+    for (const p of paths) if (this.entries.delete(p)) this.changed = true;
+    await this.save();
   }
 
   /** Writes what this run learned; does nothing for `none()` or when nothing changed. */

@@ -67,31 +67,36 @@ export class LayerSnapshots {
    * (or deleted, when the layer has a snapshot already): the caller no longer
    * owns it. Returns the snapshot's path.
    */
-  async adopt(upperDir: string, layer: LayerRef): Promise<string> {
-    await hold(this.cacheDir, 'layer', hexOf(layer.diffId));
-    const dir = this.pathOf(layer.diffId);
+  adopt(upperDir: string, layer: LayerRef): Promise<string> {
     const pending = this.inflight.get(layer.diffId);
-    if (pending || (await exists(dir))) {
-      await rm(upperDir, { recursive: true, force: true });
-      return pending ?? dir;
-    }
-    await mkdir(path.dirname(dir), { recursive: true });
-    const staged = await this.stageStamp(upperDir);
-    const adopted = publishStamped(upperDir, dir, staged, stampFile(dir)).then(
-      async (won) => {
-        if (!won) await rm(upperDir, { recursive: true, force: true });
-        return dir;
-      },
-      async (err: NodeJS.ErrnoException) => {
-        await rm(upperDir, { recursive: true, force: true });
-        // Another file system: unpack when asked.
-        if (err.code === 'EXDEV') return this.unpack(layer);
-        throw err;
-      },
-    );
+    if (pending) return rm(upperDir, { recursive: true, force: true }).then(() => pending);
+    // In flight from here on, before anything is awaited: a `get` meanwhile waits for this tree
+    // instead of starting an unpack that could find it renamed into place but not yet stamped.
+    const adopted = this.publish(upperDir, layer);
     this.inflight.set(layer.diffId, adopted);
     adopted.catch(() => this.inflight.delete(layer.diffId));
     return adopted;
+  }
+
+  private async publish(upperDir: string, layer: LayerRef): Promise<string> {
+    await hold(this.cacheDir, 'layer', hexOf(layer.diffId));
+    const dir = this.pathOf(layer.diffId);
+    if (await exists(dir)) {
+      await rm(upperDir, { recursive: true, force: true });
+      // Checked against its stamp, as any existing snapshot.
+      return this.unpack(layer);
+    }
+    await mkdir(path.dirname(dir), { recursive: true });
+    try {
+      const staged = await this.stageStamp(upperDir);
+      if (!(await publishStamped(upperDir, dir, staged, stampFile(dir)))) await rm(upperDir, { recursive: true, force: true });
+      return dir;
+    } catch (err) {
+      await rm(upperDir, { recursive: true, force: true });
+      // Another file system: unpack when asked.
+      if ((err as NodeJS.ErrnoException).code === 'EXDEV') return this.unpack(layer);
+      throw err;
+    }
   }
 
   private async unpack(layer: LayerRef): Promise<string> {
