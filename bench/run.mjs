@@ -131,10 +131,13 @@ async function snapshotLayergraph(work, rev) {
     await exec('tar', ['-xf', tar, '-C', dir]);
     await exec(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', join(dir, 'tsconfig.build.json')]);
     if (existsSync(join(dir, 'scripts/compile-schema.mjs'))) await exec(process.execPath, [join(dir, 'scripts/compile-schema.mjs')], { cwd: dir });
+    // The one-file CLI and its loader, for commits that have them (otherwise the launcher runs dist/'s modules).
+    if (existsSync(join(dir, 'scripts/bundle-cli.mjs'))) await exec(process.execPath, [join(dir, 'scripts/bundle-cli.mjs')], { cwd: dir });
     return { dir, rev: (await exec('git', ['rev-parse', '--short', rev], { cwd: ROOT })).trim() };
   }
   if (!existsSync(join(ROOT, 'dist'))) throw new Error('dist/ missing: run npm run build (npm run bench does)');
-  for (const f of ['bin', 'dist', 'schemas', 'package.json']) cpSync(join(ROOT, f), join(dir, f), { recursive: true });
+  // With their times: the launcher compares dist/'s and the bundle's to tell a stale bundle.
+  for (const f of ['bin', 'dist', 'schemas', 'package.json']) cpSync(join(ROOT, f), join(dir, f), { recursive: true, preserveTimestamps: true });
   return { dir, rev: gitDescribe() };
 }
 

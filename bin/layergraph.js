@@ -1,8 +1,91 @@
 #!/usr/bin/env node
-// Thin launcher: all logic lives in the compiled CLI so tests can call it directly.
-// Copy steps wait on the filesystem far more than on the CPU; libuv's default of
-// 4 threads would leave them queued. It must be set before the first fs call.
-process.env.UV_THREADPOOL_SIZE ??= '16';
-const { main } = await import('../dist/cli/main.js');
+// Launcher: all logic lives in the compiled CLI so tests can call it directly;
+// this only starts it, as fast as it can (issue 5).
+import { createHash } from 'node:crypto';
+import { closeSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import Module from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Script } from 'node:vm';
 
-process.exitCode = await main(process.argv.slice(2));
+// Copy steps wait on the filesystem far more than on the CPU; libuv's default of
+// 4 threads would leave them queued. It must be set before the first asynchronous
+// fs call starts libuv's threads (importing built-ins starts none).
+process.env.UV_THREADPOOL_SIZE ??= '16';
+
+const DIGEST_BYTES = 32; // sha256, see cacheDigest()
+const STALE_AFTER_MS = 2000;
+
+const cli = loadBundle(fileURLToPath(new URL('../dist/cli.cjs', import.meta.url))) ?? { ...(await import('../dist/cli/main.js')), saveCodeCache() {} };
+process.exitCode = await cli.main(process.argv.slice(2));
+cli.saveCodeCache();
+
+/**
+ * The build's one-file bundle of the CLI (scripts/bundle-cli.mjs), which starts
+ * faster than dist/'s ~100 modules; undefined when there is none, or when the
+ * modules were compiled after it (plain tsc: the bundle would be stale).
+ * V8 compiles it from the code a previous run kept in `<bundle>.cache` when
+ * that was kept for these bytes and this V8, and else keeps this run's code
+ * there once the command is done.
+ */
+function loadBundle(file) {
+  let source;
+  try {
+    // dist/ compiled again by plain tsc after the bundle was made: the bundle is stale, the modules are not.
+    // (Seconds later; a copy of the package without its times may write them in either order.)
+    if (statSync(path.join(path.dirname(file), 'cli', 'main.js')).mtimeMs > statSync(file).mtimeMs + STALE_AFTER_MS) return undefined;
+    source = readFileSync(file);
+  } catch (err) {
+    if (err.code === 'ENOENT') return undefined;
+    throw err;
+  }
+  const cacheFile = `${file}.cache`;
+  const cachedData = readCodeCache(cacheFile, source);
+  const script = new Script(Module.wrap(source.toString('utf8')), { filename: file, cachedData });
+  const module = { exports: {} };
+  script.runInThisContext().call(module.exports, module.exports, Module.createRequire(file), module, file, path.dirname(file));
+  const kept = cachedData !== undefined && !script.cachedDataRejected;
+  return { main: module.exports.main, saveCodeCache: kept ? () => {} : () => writeCodeCache(cacheFile, source, script) };
+}
+
+/**
+ * A cache file is this digest, then V8's data. It covers the bundle, the V8
+ * and the data: V8 itself would accept data made for other source of the
+ * same length, or torn by a crash.
+ */
+function cacheDigest(source, data) {
+  return createHash('sha256').update(source).update(`\0${process.arch}\0${process.versions.v8}\0`).update(data).digest();
+}
+
+/** Never required: anything amiss and the bundle is compiled from its source. */
+function readCodeCache(cacheFile, source) {
+  let buf;
+  try {
+    buf = readFileSync(cacheFile);
+  } catch {
+    return undefined;
+  }
+  const data = buf.subarray(DIGEST_BYTES);
+  return data.length > 0 && buf.subarray(0, DIGEST_BYTES).equals(cacheDigest(source, data)) ? data : undefined;
+}
+
+/** Written whole or not at all (a temp file renamed over), and not where the install is read-only. */
+function writeCodeCache(cacheFile, source, script) {
+  const tmp = `${cacheFile}.${process.pid}.tmp`;
+  let fd;
+  try {
+    fd = openSync(tmp, 'wx'); // before the work below: fails at once in a read-only install
+    const data = script.createCachedData();
+    writeFileSync(fd, Buffer.concat([cacheDigest(source, data), data]));
+    closeSync(fd);
+    fd = undefined;
+    renameSync(tmp, cacheFile);
+  } catch {
+    try {
+      if (fd !== undefined) closeSync(fd);
+      rmSync(tmp, { force: true });
+    } catch {
+      // Nothing was written, or nothing can be removed: either way nothing to do.
+    }
+  }
+}

@@ -2,7 +2,8 @@
  * The CLI entry: parse, run the command, map errors to exit codes. This is
  * the only place that knows about exit codes and process streams.
  */
-import { appendFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { appendFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import { runBuild, type BuildResult } from '../build/run-build.js';
@@ -54,7 +55,7 @@ async function dispatch(args: ParsedArgs, io: CliIo): Promise<number> {
       io.stdout.write(helpText(args.topic));
       return EXIT.ok;
     case 'version':
-      io.stdout.write(`layergraph ${await version()}\n`);
+      io.stdout.write(`layergraph ${version()}\n`);
       return EXIT.ok;
     case 'validate': {
       const spec = await load(args.file, io);
@@ -331,9 +332,9 @@ function sourceDateEpoch(env: NodeJS.ProcessEnv): number {
   return Number(raw);
 }
 
-async function version(): Promise<string> {
-  const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return pkg.version;
+function version(): string {
+  // Through the package's own name: the same from dist/cli/main.js and from the CLI bundle (dist/cli.cjs).
+  return (createRequire(import.meta.url)('layergraph/package.json') as { version: string }).version;
 }
 
 /** First Ctrl-C/SIGTERM: stop starting steps and finish cleanly. Second: leave at once. */

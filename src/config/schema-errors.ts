@@ -7,6 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
+import path from 'node:path';
 import type { ErrorObject, ValidateFunction } from 'ajv';
 import { AJV_OPTIONS, PRECOMPILED, VOCABULARY } from './schema-options.js';
 import { isScalar } from 'yaml';
@@ -87,29 +88,48 @@ interface SchemaNode {
 let compiled: ValidateFunction | undefined;
 
 /**
- * The schema's validator: the one the build precompiled next to this module
- * when there is one (no ajv to load, nothing to compile), else compiled here
- * (running from the sources, as the unit tests do) with the same options.
+ * The schema's validator: the one the build precompiled when there is one
+ * (no ajv to load, nothing to compile), else compiled here (running from the
+ * sources, as the unit tests do) with the same options.
  */
 function validator(): ValidateFunction {
   if (!compiled) {
     const require = createRequire(import.meta.url);
-    const schemaText = readFileSync(SCHEMA_FILE);
-    try {
-      const precompiled = require(`./${PRECOMPILED}`) as ValidateFunction & { schemaSha256?: string };
-      // Built from another schema (a dist/ not rebuilt since the schema changed): not to be trusted.
-      if (precompiled.schemaSha256 === createHash('sha256').update(schemaText).digest('hex')) compiled = precompiled;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw err;
-    }
+    const schemaText = readFileSync(schemaFile());
+    const precompiled = precompiledValidator(require);
+    // Built from another schema (a dist/ not rebuilt since the schema changed): not to be trusted.
+    if (precompiled?.schemaSha256 === createHash('sha256').update(schemaText).digest('hex')) compiled = precompiled;
     compiled ??= compileSchema(require, schemaText);
   }
   return compiled;
 }
 
-const SCHEMA_FILE = new URL('../../schemas/build.schema.json', import.meta.url);
+type PrecompiledValidator = ValidateFunction & { schemaSha256?: string };
 
-export function compileSchema(require: NodeJS.Require, schemaText: Buffer = readFileSync(SCHEMA_FILE)): ValidateFunction {
+/** Only in the CLI bundle, which has the precompiled validator inside (scripts/bundle-cli.mjs injects it). */
+declare const LAYERGRAPH_BUNDLED_VALIDATOR: (() => PrecompiledValidator) | undefined;
+
+/** The precompiled validator: the CLI bundle's own, else the one next to this module in dist/, else none. */
+function precompiledValidator(require: NodeJS.Require): PrecompiledValidator | undefined {
+  if (typeof LAYERGRAPH_BUNDLED_VALIDATOR !== 'undefined') return LAYERGRAPH_BUNDLED_VALIDATOR();
+  try {
+    return require(`./${PRECOMPILED}`) as PrecompiledValidator;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw err;
+    return undefined;
+  }
+}
+
+/**
+ * `schemas/build.schema.json` of this package, found through the package's own
+ * name: the same from src/, from dist/config/ and from the CLI bundle in dist/.
+ */
+function schemaFile(): string {
+  const pkg = createRequire(import.meta.url).resolve('layergraph/package.json');
+  return path.join(path.dirname(pkg), 'schemas', 'build.schema.json');
+}
+
+export function compileSchema(require: NodeJS.Require, schemaText: Buffer = readFileSync(schemaFile())): ValidateFunction {
   const { Ajv } = require('ajv') as typeof import('ajv');
   const schema = JSON.parse(schemaText.toString('utf8')) as object;
   const ajv = new Ajv(AJV_OPTIONS);
