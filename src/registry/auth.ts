@@ -18,7 +18,8 @@
 import { RegistryError, type RegistryErrorSubject } from '../errors.js';
 import { parseWwwAuthenticate, type AuthChallenge } from './challenge.js';
 import type { CredentialLookup, RegistryCredentials } from './credentials.js';
-import { fetchRetrying, type RetryPolicy } from './retry.js';
+import type { HttpRequestOptions, HttpResponse } from './http-request.js';
+import { requestRetrying, type RetryPolicy } from './retry.js';
 
 export interface AuthOptions {
   /** Credentials for a registry (as written in references); called once per registry. */
@@ -58,7 +59,7 @@ export class RegistryAuth {
    * Takes a 401's `WWW-Authenticate` into account. Returns false when asking
    * again cannot help: no challenge we speak, or basic auth with no credentials.
    */
-  async challenged(registry: string, header: string | null): Promise<boolean> {
+  async challenged(registry: string, header: string | null | undefined): Promise<boolean> {
     const all = parseWwwAuthenticate(header ?? '');
     const challenge = all.find((c) => c.scheme === 'bearer' && c.params.realm) ?? all.find((c) => c.scheme === 'basic');
     if (!challenge) return false;
@@ -111,7 +112,7 @@ export class RegistryAuth {
 
     const url = new URL(realm);
     const headers: Record<string, string> = { 'user-agent': this.options.userAgent };
-    let init: () => RequestInit;
+    let init: () => HttpRequestOptions;
     if (creds?.identityToken) {
       // OAuth2 refresh-token grant, as `docker login` with an identity token does.
       const form = new URLSearchParams({ grant_type: 'refresh_token', refresh_token: creds.identityToken, client_id: 'layergraph' });
@@ -129,18 +130,18 @@ export class RegistryAuth {
       init = () => ({ method: 'GET', headers });
     }
 
-    let res: Response;
+    let res: HttpResponse;
     try {
-      res = await fetchRetrying(url.toString(), init, this.options.retry);
+      res = await requestRetrying(url.toString(), init, this.options.retry);
     } catch (err) {
       throw new RegistryError('REGISTRY_FAILED', subject, `cannot reach the token server ${url.origin}${url.pathname}: ${causeText(err)}`, { cause: err });
     }
     if (res.status === 401 || res.status === 403) {
-      await res.body?.cancel();
+      await res.discard();
       throw new RegistryError('REGISTRY_DENIED', subject, deniedAdvice(registry, lookup, `denied by the token server ${url.origin}${url.pathname}`));
     }
-    if (!res.ok) {
-      const text = (await res.text()).slice(0, 300);
+    if (res.status < 200 || res.status > 299) {
+      const text = (await res.text().catch(() => '')).slice(0, 300);
       throw new RegistryError('REGISTRY_FAILED', subject, `the token server ${url.origin}${url.pathname} answered ${res.status}: ${text}`);
     }
     const body = (await res.json().catch(() => ({}))) as { token?: unknown; access_token?: unknown; expires_in?: unknown };
@@ -167,7 +168,7 @@ function basicHeader(creds: RegistryCredentials): string {
   return `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString('base64')}`;
 }
 
-/** The socket-level reason fetch hides in `cause` ("fetch failed" alone says nothing). */
+/** The socket-level reason, found at the end of the `cause` chain when an error wraps it. */
 export function causeText(err: unknown): string {
   let e = err as { message?: unknown; code?: unknown; cause?: unknown } | undefined;
   for (let depth = 0; e?.cause && typeof e.cause === 'object' && depth < 5; depth++) e = e.cause as typeof e;

@@ -7,7 +7,6 @@
  * same wrong bytes again, and the user has to hear about it.
  */
 import { Readable } from 'node:stream';
-import type { ReadableStream as NodeReadableStream } from 'node:stream/web';
 import type { BlobInfo, ContentStore } from '../cache/content-store.js';
 import { CacheCorruptError, RegistryError, type RegistryErrorSubject } from '../errors.js';
 import type { Descriptor } from '../oci/layout-reader.js';
@@ -40,8 +39,7 @@ export async function downloadBlob(
       scopes: [`repository:${repo.repository}:pull`],
       ok: [200],
     });
-    if (!res.body) throw new RegistryError('REGISTRY_FAILED', subject, 'the registry answered 200 with no body');
-    const body = Readable.fromWeb(res.body as unknown as NodeReadableStream<Uint8Array>);
+    const body = res.body;
     try {
       const stored = await store.ingest(Readable.from(limited(counted(body, counters, 'pulled'), desc.size, subject)), desc.digest);
       if (stored.size !== desc.size) {

@@ -46,8 +46,8 @@ export async function uploadBlob(
     body: () => counted(store.read(digest), counters, 'pushed'),
     ok: [201],
   });
-  await res.body?.cancel();
-  const echoed = res.headers.get('docker-content-digest');
+  await res.discard();
+  const echoed = res.header('docker-content-digest');
   if (echoed && echoed !== digest) {
     throw new RegistryError('BLOB_DIGEST_MISMATCH', subject, `the registry stored the upload as ${echoed}; the local blob may be damaged (run with a fresh cache directory)`);
   }
@@ -68,7 +68,7 @@ export async function mountBlob(transport: RegistryTransport, repo: RepositoryRe
     scopes: pushScopes(repo, fromRepository),
     ok: [204, 200, 202, 404],
   });
-  await cancel.body?.cancel();
+  await cancel.discard();
   return false;
 }
 
@@ -80,7 +80,7 @@ export async function blobExists(transport: RegistryTransport, repo: RepositoryR
     scopes,
     ok: [200, 404],
   });
-  await res.body?.cancel();
+  await res.discard();
   return res.status === 200;
 }
 
@@ -100,9 +100,9 @@ async function startUpload(
     headers: { 'content-length': '0' },
     ok: [201, 202],
   });
-  await res.body?.cancel();
+  await res.discard();
   if (res.status === 201 && mountFrom) return { mounted: true };
-  const location = res.headers.get('location');
+  const location = res.header('location');
   if (res.status !== 202 || !location) {
     throw new RegistryError('REGISTRY_FAILED', subject, `opening an upload answered ${res.status} without an upload location`);
   }

@@ -12,7 +12,7 @@ import type { BlobInfo, ContentStore } from '../cache/content-store.js';
 import type { Platform } from '../config/types.js';
 import { RegistryError, type RegistryErrorSubject } from '../errors.js';
 import type { Descriptor } from '../oci/layout-reader.js';
-import { RegistryAuth } from './auth.js';
+import { causeText, RegistryAuth } from './auth.js';
 import { downloadBlob, type RepositoryRef } from './blob-pull.js';
 import { blobExists, mountBlob, uploadBlob, type PushOutcome } from './blob-push.js';
 import { sha256Digest } from '../cache/content-store.js';
@@ -111,10 +111,15 @@ export class RegistryClient {
       headers: { accept: MANIFEST_ACCEPT.join(', ') },
       ok: [200],
     });
-    const bytes = Buffer.from(await res.arrayBuffer());
+    let bytes: Buffer;
+    try {
+      bytes = await res.buffer();
+    } catch (err) {
+      throw new RegistryError('REGISTRY_FAILED', subject, `download failed: ${causeText(err)}`, { cause: err });
+    }
     this.transferred.pulled += bytes.length;
     const digest = sha256Digest(bytes);
-    const expected = what.startsWith('sha256:') ? what : res.headers.get('docker-content-digest');
+    const expected = what.startsWith('sha256:') ? what : res.header('docker-content-digest');
     if (expected && expected !== digest) {
       throw new RegistryError('BLOB_DIGEST_MISMATCH', subject, `arrived with digest ${digest}, not ${expected}; the registry holds a damaged manifest`);
     }
@@ -124,7 +129,7 @@ export class RegistryClient {
     } catch {
       throw new RegistryError('REGISTRY_FAILED', subject, 'is not JSON');
     }
-    return { bytes, digest, mediaType: manifestMediaType(res.headers.get('content-type'), json) };
+    return { bytes, digest, mediaType: manifestMediaType(res.header('content-type') ?? null, json) };
   }
 
   /** Uploads a manifest under `tagOrDigest`; returns its digest. */
@@ -141,9 +146,9 @@ export class RegistryClient {
       body: () => bytes,
       ok: [201],
     });
-    await res.body?.cancel();
+    await res.discard();
     this.transferred.pushed += bytes.length;
-    const echoed = res.headers.get('docker-content-digest');
+    const echoed = res.header('docker-content-digest');
     if (echoed && echoed !== digest) {
       throw new RegistryError('BLOB_DIGEST_MISMATCH', subject, `the registry stored the manifest as ${echoed}, but its bytes hash to ${digest}`);
     }

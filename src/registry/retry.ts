@@ -6,6 +6,7 @@
  * registry sends is honoured up to a cap. Never retried: anything about the
  * content itself, such as a digest mismatch.
  */
+import { httpRequest, type HttpRequestOptions, type HttpResponse } from './http-request.js';
 
 export interface RetryPolicy {
   /** Tries in all, the first included. */
@@ -19,16 +20,8 @@ export interface RetryPolicy {
 export const DEFAULT_RETRY: RetryPolicy = { attempts: 4, baseDelayMs: 500, maxDelayMs: 20_000 };
 
 const RETRY_STATUS = new Set([429, 500, 502, 503, 504]);
-const RETRY_CODES = new Set([
-  'ECONNRESET',
-  'ETIMEDOUT',
-  'EPIPE',
-  'EAI_AGAIN',
-  'UND_ERR_SOCKET',
-  'UND_ERR_CONNECT_TIMEOUT',
-  'UND_ERR_HEADERS_TIMEOUT',
-  'UND_ERR_BODY_TIMEOUT',
-]);
+// A refused connection is not here: nothing listens, and waiting will not change that soon.
+const RETRY_CODES = new Set(['ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EAI_AGAIN']);
 
 /** How long to wait before try number `attempt + 1` (attempt counts from 1); `retryAfter` is the header, if any. */
 export function retryDelayMs(attempt: number, policy: RetryPolicy, retryAfter?: string | null): number {
@@ -42,7 +35,7 @@ export function isRetryableStatus(status: number): boolean {
   return RETRY_STATUS.has(status);
 }
 
-/** A broken or timed-out connection (fetch wraps the socket's error in `cause`). */
+/** A broken or timed-out connection; the socket's error may be wrapped in `cause`. */
 export function isRetryableNetworkError(err: unknown): boolean {
   for (let e = err as { code?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 5; e = e.cause as typeof e, depth++) {
     if (typeof e.code === 'string' && RETRY_CODES.has(e.code)) return true;
@@ -63,22 +56,23 @@ function retryAfterMs(value: string): number | undefined {
 }
 
 /**
- * `fetch` with the retries above, for requests with no auth dance (a token
- * realm). `init` is called per try, so a body stream can be made afresh.
- * Returns the last answer, even a failing one; throws the last network error.
+ * One request with the retries above, for requests with no auth dance (a
+ * token realm). `options` is called per try, so a body stream can be made
+ * afresh. Returns the last answer, even a failing one; throws the last
+ * network error.
  */
-export async function fetchRetrying(url: string, init: () => RequestInit, policy: RetryPolicy): Promise<Response> {
+export async function requestRetrying(url: string, options: () => HttpRequestOptions, policy: RetryPolicy): Promise<HttpResponse> {
   for (let attempt = 1; ; attempt++) {
-    let res: Response;
+    let res: HttpResponse;
     try {
-      res = await fetch(url, init());
+      res = await httpRequest(url, options());
     } catch (err) {
       if (attempt >= policy.attempts || !isRetryableNetworkError(err)) throw err;
       await sleep(retryDelayMs(attempt, policy));
       continue;
     }
     if (attempt >= policy.attempts || !isRetryableStatus(res.status)) return res;
-    await res.body?.cancel();
-    await sleep(retryDelayMs(attempt, policy, res.headers.get('retry-after')));
+    await res.discard();
+    await sleep(retryDelayMs(attempt, policy, res.header('retry-after')));
   }
 }

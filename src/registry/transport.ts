@@ -9,7 +9,8 @@ import { RegistryError, type RegistryErrorSubject } from '../errors.js';
 import { causeText, deniedAdvice, type RegistryAuth } from './auth.js';
 import { registryBaseUrl } from './insecure.js';
 import { registryApiHost } from './reference.js';
-import { fetchRetrying, isRetryableStatus, type RetryPolicy } from './retry.js';
+import type { HttpBody, HttpResponse } from './http-request.js';
+import { isRetryableStatus, requestRetrying, type RetryPolicy } from './retry.js';
 
 export interface RegistryRequest {
   method: 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
@@ -21,7 +22,7 @@ export interface RegistryRequest {
   scopes: readonly string[];
   headers?: Record<string, string>;
   /** Called once per try: a stream body cannot be sent twice. */
-  body?: () => RequestInit['body'];
+  body?: () => HttpBody;
   /** Statuses handed back to the caller; any other becomes a RegistryError. */
   ok: readonly number[];
 }
@@ -42,7 +43,7 @@ export class RegistryTransport {
   }
 
   /** Sends `req`; returns the response when its status is in `req.ok`, else throws. */
-  async request(req: RegistryRequest): Promise<Response> {
+  async request(req: RegistryRequest): Promise<HttpResponse> {
     const { registry } = req.subject;
     const base = this.baseUrl(registry);
     const url = new URL(req.path, base).toString();
@@ -52,29 +53,22 @@ export class RegistryTransport {
       const authorization = sameOrigin ? await this.options.auth.authorization(req.subject, req.scopes) : undefined;
       const headers: Record<string, string> = { 'user-agent': this.options.userAgent, ...req.headers };
       if (authorization) headers.authorization = authorization;
-      let res: Response;
+      let res: HttpResponse;
       try {
-        res = await fetchRetrying(
-          url,
-          () => {
-            const body = req.body?.();
-            return { method: req.method, headers, ...(body !== undefined && { body, duplex: 'half' as const }) };
-          },
-          this.options.retry,
-        );
+        res = await requestRetrying(url, () => ({ method: req.method, headers, body: req.body?.() }), this.options.retry);
       } catch (err) {
         throw new RegistryError('REGISTRY_FAILED', req.subject, unreachableAdvice(req.method, url, err), { cause: err });
       }
       if (req.ok.includes(res.status)) return res;
       if (res.status === 401 && round === 1 && sameOrigin) {
-        await res.body?.cancel();
-        if (await this.options.auth.challenged(registry, res.headers.get('www-authenticate'))) continue;
+        await res.discard();
+        if (await this.options.auth.challenged(registry, res.header('www-authenticate'))) continue;
       }
       throw await this.statusError(req, url, res);
     }
   }
 
-  private async statusError(req: RegistryRequest, url: string, res: Response): Promise<RegistryError> {
+  private async statusError(req: RegistryRequest, url: string, res: HttpResponse): Promise<RegistryError> {
     const { registry } = req.subject;
     const said = req.method === 'HEAD' ? '' : await registryErrors(res);
     const detail = said ? ` (${said})` : '';
@@ -95,7 +89,7 @@ export class RegistryTransport {
 }
 
 /** The registry's own error list (`{"errors":[{"code","message"}]}`), shortened, or the start of the body. */
-async function registryErrors(res: Response): Promise<string> {
+async function registryErrors(res: HttpResponse): Promise<string> {
   const text = await res.text().catch(() => '');
   try {
     const parsed = JSON.parse(text) as { errors?: Array<{ code?: string; message?: string }> };
@@ -113,5 +107,6 @@ function unreachableAdvice(method: string, url: string, err: unknown): string {
   else if (url.startsWith('https:') && /EPROTO|wrong version number|SSL/i.test(why)) {
     hint = '; if this registry speaks plain HTTP, name it as an insecure registry';
   } else if (/ENOTFOUND|EAI_AGAIN/.test(why)) hint = '; check the registry host name';
+  else if (/CERT|certificate/.test(why)) hint = "; the registry's TLS certificate is not trusted: if a private CA signed it, point NODE_EXTRA_CA_CERTS at that CA's certificate";
   return `${method} ${url} failed: ${why}${hint}`;
 }
