@@ -248,8 +248,8 @@ describe('cache verify', () => {
     await writeFile(aBlob, bytes);
     // As if the damage had come without a stat change (bit rot): the stat cache vouches for the bad bytes.
     const st = await stat(aBlob);
-    const statCache = path.join(cacheDir, 'stat-cache.json');
-    const kept = JSON.parse(await readFile(statCache, 'utf8')) as { version: number; entries: Record<string, unknown[]> };
+    const statCache = path.join(cacheDir, 'stat-cache-blobs.json');
+    const kept = existsSync(statCache) ? (JSON.parse(await readFile(statCache, 'utf8')) as { version: number; entries: Record<string, unknown[]> }) : { version: 1, entries: {} };
     kept.entries[aBlob] = [st.size, st.mtimeMs, st.ctimeMs, st.ino, st.dev, a.layer!.digest];
     await writeFile(statCache, JSON.stringify(kept));
 

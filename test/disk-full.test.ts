@@ -48,7 +48,7 @@ describe.skipIf(!ROOT)('a full disk (tmpfs, root)', () => {
     const visit = async (rel: string): Promise<void> => {
       for (const e of await readdir(path.join(cache, rel), { withFileTypes: true })) {
         const r = rel ? `${rel}/${e.name}` : e.name;
-        if (['tmp', 'ingest', 'stat-cache.json', 'stat-cache.json.probe'].includes(r)) continue;
+        if (['tmp', 'ingest', 'stat-cache.json', 'stat-cache.json.probe', 'stat-cache-blobs.json', 'stat-cache-blobs.json.probe'].includes(r)) continue;
         if (e.isDirectory()) await visit(r);
         else if (e.isFile()) out.set(r, (await readFile(path.join(cache, r))).toString('base64'));
       }

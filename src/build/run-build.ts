@@ -155,6 +155,8 @@ class BuildRun {
   private readonly snapshots: SnapshotCache;
   private readonly hasher: ContentHasher;
   private readonly stats: StatCache;
+  /** Blobs of the cache already hashed, vouched for by their stat. */
+  private readonly blobStats: StatCache;
   private readonly jobs: Semaphore;
   private readonly tmpRoot: string;
   private readonly results = new Map<string, StepResult>();
@@ -197,9 +199,9 @@ class BuildRun {
     this.layerOrder = buildGraph(spec).layerOrder;
     this.images = imagesFor(spec, opts.targets);
     this.underRuns = stepsUnderRuns(this.images);
-    // One stat cache vouches for input files and for blobs already hashed.
     this.stats = StatCache.in(opts.cacheDir, (what) => this.warn(`cache: ${what}`));
-    this.store = new ContentStore(opts.cacheDir, this.stats);
+    this.blobStats = StatCache.forBlobs(opts.cacheDir, (what) => this.warn(`cache: ${what}`));
+    this.store = new ContentStore(opts.cacheDir, this.blobStats);
     this.records = new StepRecords(opts.cacheDir, (file, what) => this.warn(`cache: ${file} is damaged (${what}); not used`));
     this.hasher = new ContentHasher(this.stats);
     this.configs = new BaseConfigs(
@@ -220,7 +222,10 @@ class BuildRun {
     try {
       result = await this.run();
     } finally {
-      await lease.release();
+      // Marking the blobs used changes their stat: the stat cache follows, so next run does not hash them again.
+      this.blobStats.retouched(await lease.release());
+      // Only a speed-up for the next run: not worth failing this one over.
+      await Promise.all([this.hasher.save(), this.blobStats.save()]).catch(() => undefined);
     }
     return this.warnings.length ? { ...result, warnings: this.warnings } : result;
   }
@@ -249,8 +254,6 @@ class BuildRun {
       await Promise.allSettled([...this.tasks.values()].flatMap((t) => [t.keyed, t.layer]));
     } finally {
       await removeTree(this.tmpRoot);
-      // Only a speed-up for the next run: not worth failing this one over.
-      await this.hasher.save().catch(() => undefined);
     }
     this.reportSkipped();
     const steps = this.images.flatMap((img) => img.steps.map((s) => this.results.get(nodeId(img.name, s.id))!));

@@ -34,7 +34,7 @@
  * rewritten on a hit.
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, futimesSync, mkdirSync, openSync, statSync, utimesSync, writeSync } from 'node:fs';
+import { closeSync, futimesSync, lstatSync, mkdirSync, openSync, statSync, utimesSync, writeSync, type Stats } from 'node:fs';
 import { mkdir, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -70,7 +70,14 @@ interface Build {
  * it. So a process whose builds always overlap still ends leases — its
  * use-times get written, its lease files stay small.
  */
-export function openLease(cacheDir: string): { release(): Promise<void> } {
+/** A blob file a lease touched as it ended, with its stat just before and just after (see StatCache.retouched). */
+export interface Retouched {
+  file: string;
+  before: Stats;
+  after: Stats;
+}
+
+export function openLease(cacheDir: string): { release(): Promise<Retouched[]> } {
   const root = path.resolve(cacheDir);
   let cache = open.get(root);
   if (!cache) open.set(root, (cache = { builds: new Set(), current: undefined }));
@@ -84,14 +91,16 @@ export function openLease(cacheDir: string): { release(): Promise<void> } {
   let released = false;
   return {
     release: async () => {
-      if (released) return;
+      if (released) return [];
       released = true;
       mine.builds.delete(build);
       if (mine.builds.size === 0) open.delete(root);
       // What this build held may be in the current lease: the builds still running hold through a new one.
       mine.current = undefined;
       const ended = [...build.leases].filter((l) => --l.users === 0);
-      for (const l of ended) await l.close();
+      const touched: Retouched[] = [];
+      for (const l of ended) touched.push(...(await l.close()));
+      return touched;
     },
   };
 }
@@ -240,21 +249,28 @@ class ProcessLease {
     }
   }
 
-  async close(): Promise<void> {
+  /** Ends the lease; returns the blobs it touched, with their stats (a stat cache may vouch for them by stat). */
+  async close(): Promise<Retouched[]> {
     clearInterval(this.heartbeat);
     closeSync(this.fd);
     // Last use, before the lease goes: prune orders by these times. One
     // synchronous call each is several times faster than through the thread pool.
     const now = new Date();
+    const touched: Retouched[] = [];
     for (const item of this.items.keys()) {
       const space = item.indexOf(' ');
+      const kind = item.slice(0, space) as LeaseKind;
+      const file = usePath(this.root, kind, item.slice(space + 1));
       try {
-        utimesSync(usePath(this.root, item.slice(0, space) as LeaseKind, item.slice(space + 1)), now, now);
+        const before = kind === 'blob' ? lstatSync(file) : undefined;
+        utimesSync(file, now, now);
+        if (before) touched.push({ file, before, after: lstatSync(file) });
       } catch {
         // gone (a miss that failed), or not ours to touch
       }
     }
     await rm(this.file, { force: true });
+    return touched;
   }
 }
 

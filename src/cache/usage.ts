@@ -141,7 +141,7 @@ export async function scanCache(root: string): Promise<CacheInventory> {
         for (const n of list(abs)) pushIf(inv.temp, entry(path.join(abs, n)));
         break;
       default:
-        if (name.startsWith('stat-cache.json')) pushIf(inv.statCache, entry(abs));
+        if (name.startsWith('stat-cache')) pushIf(inv.statCache, entry(abs));
         else pushIf(inv.other, entry(abs));
     }
   }

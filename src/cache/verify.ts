@@ -107,7 +107,7 @@ export async function verifyCache(cacheDir: string, opts: VerifyOptions = {}): P
     if (opts.signal?.aborted) rep.interrupted = true;
     rep.problems = [...badBlobs.values(), ...badRecords, ...badSnapshots];
     // Builds vouch for a blob they hashed once by its stat; a bad one, removed or not (dry run), is hashed again.
-    if (badBlobs.size) await StatCache.in(cacheDir).forget([...badBlobs.values()].map((b) => b.path));
+    if (badBlobs.size) await StatCache.forBlobs(cacheDir).forget([...badBlobs.values()].map((b) => b.path));
     if (dryRun || rep.interrupted || rep.problems.length === 0) return rep;
 
     const trash = path.join(cacheDir, 'tmp', `${ownerTag()}-verify-${randomBytes(4).toString('hex')}`);

@@ -2,7 +2,8 @@
  * What input files hashed to, kept between runs in `<cache>/stat-cache.json`:
  * path → (size, mtime, ctime, inode, device) → content hash. A file whose
  * stat is unchanged is not read again, so a no-op rebuild reads no file
- * content (git's index does the same).
+ * content (git's index does the same). The cache's own blobs that hashed to
+ * their digest are kept the same way, in `stat-cache-blobs.json`.
  *
  * "Racily clean" files are never kept (git's rule): before hashing, the run
  * writes a probe file into the cache directory and notes its timestamp; a
@@ -24,6 +25,7 @@ import { writeFileAtomic } from '../util/fs-atomic.js';
 import { readJsonIfPresent } from '../util/fs-read.js';
 
 const VERSION = 1;
+export const BLOB_STATS_FILE = 'stat-cache-blobs.json';
 /** How much older than the probe a file on another device, or on a whole-second file system, must be. */
 const COARSE_MARGIN_MS = 3000;
 /** Entries kept that this run did not use (another context's, a deleted file's). */
@@ -63,6 +65,15 @@ export class StatCache {
     return new StatCache(path.join(cacheDir, 'stat-cache.json'), onDamage);
   }
 
+  /**
+   * The cache's own blobs already hashed (cache/content-store.ts), kept apart
+   * from the input files: each build marks the blobs it used, which changes
+   * their stats, so this file is rewritten by every build and is kept small.
+   */
+  static forBlobs(cacheDir: string, onDamage?: (what: string) => void): StatCache {
+    return new StatCache(path.join(cacheDir, BLOB_STATS_FILE), onDamage);
+  }
+
   async lookup(absPath: string, st: Stats): Promise<string | undefined> {
     await this.load();
     return this.known(absPath, st);
@@ -100,6 +111,22 @@ export class StatCache {
   settled(st: Stats): boolean {
     const coarse = st.dev !== this.probeDev || this.probeCoarse;
     return Math.max(st.mtimeMs, st.ctimeMs) < this.since - (coarse ? COARSE_MARGIN_MS : 0);
+  }
+
+  /**
+   * Files whose times this process just set itself (a build's lease marks the
+   * blobs it used when it ends: cache/leases.ts), content untouched: an entry
+   * that vouched for the stat before moves to the stat after, so marking a
+   * blob used does not cost hashing it again next run. Only when the stat
+   * before is the one vouched for (nothing else changed the file meanwhile).
+   */
+  retouched(files: ReadonlyArray<{ file: string; before: Stats; after: Stats }>): void {
+    for (const { file, before, after } of files) {
+      const e = this.entries.get(file);
+      if (!e || !matches(e, before)) continue;
+      this.entries.set(file, [after.size, after.mtimeMs, after.ctimeMs, after.ino, after.dev, e[5]]);
+      this.changed = true;
+    }
   }
 
   /** Drops what is kept for these paths (blobs `cache verify` found bad, so no build vouches for them), and writes the file. */
