@@ -48,6 +48,8 @@ export interface Snapshotter {
    * The tree is moved or deleted: the caller no longer owns it.
    */
   keepTree(tree: string, layer: LayerRef): Promise<void>;
+  /** The layer's lower when one is already there (held, not checked: for keepTree's `reuse`, which compares what it takes). */
+  existingLower(layer: LayerRef): Promise<string | undefined>;
 }
 
 export interface SnapshotterDeps {
@@ -118,6 +120,10 @@ class OverlaySnapshotter implements Snapshotter {
     await this.layers.adopt(tree, layer);
   }
 
+  existingLower(layer: LayerRef): Promise<string | undefined> {
+    return this.layers.existing(layer);
+  }
+
   /** One lower of empty mount points, shared by every mount (it never changes). */
   private mountStubs(): Promise<string> {
     this.stubs ??= (async () => {
@@ -179,6 +185,10 @@ class CopySnapshotter implements Snapshotter {
     // Copies of the layers below are made from blobs (materializeRoot); kept only for a later overlay mount.
     if (process.getuid?.() !== 0) return rm(tree, { recursive: true, force: true });
     await this.layers.adopt(tree, layer);
+  }
+
+  existingLower(layer: LayerRef): Promise<string | undefined> {
+    return this.layers.existing(layer);
   }
 }
 
