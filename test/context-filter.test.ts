@@ -3,21 +3,10 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadContextFilter, type ContextFilter } from '../src/context/context-filter.js';
 import { selectSources } from '../src/context/select.js';
+import { rng } from './helpers/build-file-mutations.js';
 import { useTmpDirs } from './helpers/tmp.js';
 
 const tmpDir = useTmpDirs();
-
-/** A seeded generator (mulberry32), so a failing case can be run again. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 // Mixed case and regex characters: the matcher ignores case and lets most regex syntax through.
 const NAMES = ['a', 'b', 'src', 'Src', 'keep', 'x.log', 'y.txt', 'node_modules', 'DOCS', 'aa+b', 'x(1)'];

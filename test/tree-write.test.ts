@@ -45,8 +45,11 @@ async function context(): Promise<string> {
   return ctx;
 }
 
-/** The copy packed, then unpacked as a layer snapshot is, and also written straight from its plan. */
-async function bothWays(ctx: string, specs: string[], target: CopyTarget, below = new Map()) {
+/**
+ * The copy packed, then unpacked as a layer snapshot is, and also written straight from its plan
+ * (linking what `reuse`, an earlier such tree, has the same).
+ */
+async function bothWays(ctx: string, specs: string[], target: CopyTarget, below = new Map(), reuse?: string) {
   const selections = await selectSources(ctx, specs.map((spec, i) => ({ spec, pos: { file: 'b.yaml', line: i + 1, col: 1 } })), 'context');
   const plan = planCopy(selections, target, below);
   const meta = (rel: string) => plan.meta(rel);
@@ -55,7 +58,7 @@ async function bothWays(ctx: string, specs: string[], target: CopyTarget, below 
   const unpacked = path.join(work, 'unpacked');
   const written = path.join(work, 'written');
   await applyLayer(packed.stream, unpacked, { whiteouts: 'overlay', xattrs: true, preserveOwner: true });
-  writeTree(plan.treeEntries(), written, meta, 1_700_000_000);
+  writeTree(plan.treeEntries(), written, meta, 1_700_000_000, reuse);
   return { unpacked, written };
 }
 
@@ -103,15 +106,7 @@ describe.skipIf(!asRoot)('writeTree: a copy written from its plan is the layer u
     await writeFile(path.join(ctx, 'pkg/index.js'), 'index, longer\n');
     await chmod(path.join(ctx, 'run.sh'), 0o700);
     await writeFile(path.join(ctx, 'pkg/new.js'), 'new\n');
-    const selections = await selectSources(ctx, ['pkg', 'x.txt', 'run.sh'].map((spec, i) => ({ spec, pos: { file: 'b.yaml', line: i + 1, col: 1 } })), 'context');
-    const plan = planCopy(selections, target, new Map());
-    const meta = (rel: string) => plan.meta(rel);
-    const packed = packTree(plan.treeEntries(), { mtime: 1_700_000_000, owner: meta, mode: (rel) => meta(rel).mode });
-    const work = await tmpDir('lg-tree-write-out-');
-    const unpacked = path.join(work, 'unpacked');
-    const written = path.join(work, 'written');
-    await applyLayer(packed.stream, unpacked, { whiteouts: 'overlay', xattrs: true, preserveOwner: true });
-    writeTree(plan.treeEntries(), written, meta, 1_700_000_000, before.written);
+    const { unpacked, written } = await bothWays(ctx, ['pkg', 'x.txt', 'run.sh'], target, new Map(), before.written);
     await sameTrees(unpacked, written);
 
     const inode = async (root: string, rel: string) => (await lstat(path.join(root, rel))).ino;
