@@ -364,9 +364,7 @@ class BuildRun {
             ownDirs,
           })),
         );
-        const result = await this.reuseOrBuild(image, step, key, material, startMs, async () =>
-          this.buildLayer(await plan(), this.underRuns.has(`${image.name}\0${step.id}`) ? () => this.records.lastFor(image.name, step.id) : undefined),
-        );
+        const result = await this.reuseOrBuild(image, step, key, material, startMs, async () => this.buildLayer(await plan(), this.underRuns.has(`${image.name}\0${step.id}`)));
         this.finish(result);
         return result.layer;
       });
@@ -677,11 +675,11 @@ class BuildRun {
 
   /**
    * A copy step's layer, packed straight from its sources: no staging copy in
-   * an upper. When a `run` step above will mount it (`forRun`: how to find the
-   * step's previous record), it is also written out as that lower from the
-   * same sources, rather than unpacked from the blob later.
+   * an upper. When a `run` step above will mount it (`forRun`), it is also
+   * written out as that lower from the same sources, rather than unpacked
+   * from the blob later.
    */
-  private async buildLayer(plan: CopyPlan, forRun: (() => Promise<StepRecord | undefined>) | undefined): Promise<LayerRef | null> {
+  private async buildLayer(plan: CopyPlan, forRun: boolean): Promise<LayerRef | null> {
     if (plan.isEmpty) return null;
     const entries = plan.treeEntries();
     const packed = packTree(entries, {
@@ -691,7 +689,7 @@ class BuildRun {
     });
     const blob = await this.store.ingest(packed.stream);
     const layer = { digest: blob.digest, size: blob.size, diffId: await packed.diffId };
-    const lower = forRun ? await this.writeLower(entries, plan, (await forRun().catch(() => undefined))?.layer ?? undefined) : undefined;
+    const lower = forRun ? await this.writeLower(entries, plan) : undefined;
     try {
       // Before the layer is recorded under a key that was computed from the files' earlier content
       // (and the lower kept: it was read from the same files).
@@ -713,7 +711,7 @@ class BuildRun {
    * them synchronously would stall the build; and when writing it failed for any
    * reason but a full disk.
    */
-  private async writeLower(entries: TreeEntry[], plan: CopyPlan, previous: LayerRef | undefined): Promise<string | undefined> {
+  private async writeLower(entries: TreeEntry[], plan: CopyPlan): Promise<string | undefined> {
     if (process.getuid?.() !== 0 || this.opts.snapshotter === 'copy') return undefined;
     let bytes = 0;
     for (const e of entries) {
@@ -724,10 +722,8 @@ class BuildRun {
     const execution = await this.openExecution().catch(() => undefined);
     if (execution?.snapshotter.name !== 'overlay') return undefined;
     const dir = path.join(this.tmpRoot, `lower-${randomBytes(6).toString('hex')}`);
-    // The lower of the layer this step made last time: the files that did not change are linked from it.
-    const reuse = previous ? await execution.snapshotter.existingLower(previous).catch(() => undefined) : undefined;
     try {
-      writeTree(entries, dir, (rel) => plan.meta(rel), this.opts.sourceDateEpoch, reuse);
+      writeTree(entries, dir, (rel) => plan.meta(rel), this.opts.sourceDateEpoch);
       return dir;
     } catch (err) {
       await rm(dir, { recursive: true, force: true });

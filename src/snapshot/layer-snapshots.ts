@@ -49,13 +49,6 @@ export class LayerSnapshots {
     return path.join(this.cacheDir, 'snapshots', 'layers', hexOf(diffId));
   }
 
-  /** The layer's snapshot if there is one now, held so prune leaves it (its stamp is not checked). */
-  async existing(layer: LayerRef): Promise<string | undefined> {
-    await hold(this.cacheDir, 'layer', hexOf(layer.diffId));
-    const dir = this.pathOf(layer.diffId);
-    return (await exists(dir)) ? dir : undefined;
-  }
-
   /** The layer's lower directory, unpacked from the store the first time it is asked for. */
   get(layer: LayerRef): Promise<string> {
     let p = this.inflight.get(layer.diffId);

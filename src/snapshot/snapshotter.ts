@@ -48,8 +48,6 @@ export interface Snapshotter {
    * The tree is moved or deleted: the caller no longer owns it.
    */
   keepTree(tree: string, layer: LayerRef): Promise<void>;
-  /** The layer's lower when one is already there (held, not checked: for keepTree's `reuse`, which compares what it takes). */
-  existingLower(layer: LayerRef): Promise<string | undefined>;
 }
 
 export interface SnapshotterDeps {
@@ -120,10 +118,6 @@ class OverlaySnapshotter implements Snapshotter {
     await this.layers.adopt(tree, layer);
   }
 
-  existingLower(layer: LayerRef): Promise<string | undefined> {
-    return this.layers.existing(layer);
-  }
-
   /** One lower of empty mount points, shared by every mount (it never changes). */
   private mountStubs(): Promise<string> {
     this.stubs ??= (async () => {
@@ -185,10 +179,6 @@ class CopySnapshotter implements Snapshotter {
     // Copies of the layers below are made from blobs (materializeRoot); kept only for a later overlay mount.
     if (process.getuid?.() !== 0) return rm(tree, { recursive: true, force: true });
     await this.layers.adopt(tree, layer);
-  }
-
-  existingLower(layer: LayerRef): Promise<string | undefined> {
-    return this.layers.existing(layer);
   }
 }
 
