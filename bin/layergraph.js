@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // Launcher: all logic lives in the compiled CLI so tests can call it directly;
 // this only starts it, as fast as it can (issue 5).
-import { createHash } from 'node:crypto';
-import { closeSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { closeSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import Module from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -31,9 +31,10 @@ cli.saveCodeCache();
 function loadBundle(file) {
   let source;
   try {
-    // dist/ compiled again by plain tsc after the bundle was made: the bundle is stale, the modules are not.
-    // (Seconds later; a copy of the package without its times may write them in either order.)
-    if (statSync(path.join(path.dirname(file), 'cli', 'main.js')).mtimeMs > statSync(file).mtimeMs + STALE_AFTER_MS) return undefined;
+    // dist/ compiled again by tsc after the bundle was made (even one module, as tsc -w or --incremental
+    // writes): the bundle is stale, the modules are not. Seconds later: a copy of the package without
+    // its times may write them in either order.
+    if (newestModule(path.dirname(file)) > statSync(file).mtimeMs + STALE_AFTER_MS) return undefined;
     source = readFileSync(file);
   } catch (err) {
     if (err.code === 'ENOENT') return undefined;
@@ -46,6 +47,15 @@ function loadBundle(file) {
   script.runInThisContext().call(module.exports, module.exports, Module.createRequire(file), module, file, path.dirname(file));
   const kept = cachedData !== undefined && !script.cachedDataRejected;
   return { main: module.exports.main, saveCodeCache: kept ? () => {} : () => writeCodeCache(cacheFile, source, script) };
+}
+
+/** The newest mtime of the compiled modules beside the bundle (ms). */
+function newestModule(dist) {
+  let newest = 0;
+  for (const name of readdirSync(dist, { recursive: true })) {
+    if (name.endsWith('.js')) newest = Math.max(newest, statSync(path.join(dist, name)).mtimeMs);
+  }
+  return newest;
 }
 
 /**
@@ -71,7 +81,8 @@ function readCodeCache(cacheFile, source) {
 
 /** Written whole or not at all (a temp file renamed over), and not where the install is read-only. */
 function writeCodeCache(cacheFile, source, script) {
-  const tmp = `${cacheFile}.${process.pid}.tmp`;
+  // Random, not just the pid: a killed run's leftover would otherwise stop every later run with that pid (1, in containers).
+  const tmp = `${cacheFile}.${process.pid}-${randomBytes(4).toString('hex')}.tmp`;
   let fd;
   try {
     fd = openSync(tmp, 'wx'); // before the work below: fails at once in a read-only install

@@ -46,8 +46,13 @@ if (dynamic.length) throw new Error(`bundle-cli: import() of ${dynamic.join(', '
 // Each file replaced whole (a CLI started meanwhile reads the old bundle or the new, not half of one).
 for (const { path: file, contents } of outputFiles) {
   mkdirSync(path.dirname(file), { recursive: true });
-  writeFileSync(`${file}.${process.pid}.tmp`, contents);
-  renameSync(`${file}.${process.pid}.tmp`, file);
+  const tmp = `${file}.${process.pid}.tmp`;
+  try {
+    writeFileSync(tmp, contents);
+    renameSync(tmp, file);
+  } finally {
+    rmSync(tmp, { force: true }); // after a failure; `npm pack` would ship it
+  }
 }
 // Compiled code kept for the bundle just replaced: of no more use (the launcher would also see that).
 rmSync(`${root}dist/cli.cjs.cache`, { force: true });

@@ -6,7 +6,7 @@
  * around it is what an install has — without node_modules, unless it says so.
  */
 import { spawn } from 'node:child_process';
-import { chmod, cp, readFile, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { chmod, cp, readFile, readdir, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -122,6 +122,24 @@ describe('the CLI bundle', () => {
     const res = await layergraph(app, ['--version']);
     expect(res).toEqual({ stdout: `layergraph ${await packageVersion()}\n`, stderr: '', exitCode: 0 });
     expect(await readdir(path.join(app, 'dist'))).not.toContain('cli.cjs.cache');
+  });
+
+  it('is not run when any module of dist/ was compiled after it (tsc -w, --incremental), and is run otherwise', async () => {
+    const app = await install({ nodeModules: true });
+    const bundle = path.join(app, 'dist', 'cli.cjs');
+    await writeFile(bundle, 'throw new Error("the stale bundle ran");\n');
+    const minuteAgo = new Date(Date.now() - 60_000);
+    await utimes(bundle, minuteAgo, minuteAgo);
+    const res = await layergraph(app, ['--version']); // dist/ was copied just now: newer
+    expect(res).toEqual({ stdout: `layergraph ${await packageVersion()}\n`, stderr: '', exitCode: 0 });
+    // Only one module newer than the bundle is enough; none, and the bundle runs.
+    const old = new Date(Date.now() - 120_000);
+    for (const name of await readdir(path.join(app, 'dist'), { recursive: true })) {
+      if (name.endsWith('.js')) await utimes(path.join(app, 'dist', name), old, old);
+    }
+    expect((await layergraph(app, ['--version'])).stderr).toMatch(/the stale bundle ran/);
+    await utimes(path.join(app, 'dist', 'util', 'owner-tag.js'), new Date(), new Date());
+    expect((await layergraph(app, ['--version'])).exitCode).toBe(0);
   });
 });
 

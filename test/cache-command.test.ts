@@ -547,6 +547,19 @@ describe('leases', () => {
     expect(hold(cacheDir, 'record', 'cccccccccccccccc')).toBeUndefined();
   });
 
+  it('a build that starts after another ended enrols the builds still running: what they hold next stays leased when it ends', async () => {
+    const cacheDir = await tmpDir();
+    const a = openLease(cacheDir);
+    const b = openLease(cacheDir);
+    await a.release(); // b goes on; the next hold or build makes a new lease
+    const c = openLease(cacheDir);
+    hold(cacheDir, 'blob', `sha256:${'d'.repeat(64)}`); // b's
+    await c.release();
+    expect((await readLeases(cacheDir)).items).toEqual(new Set([`blob sha256:${'d'.repeat(64)}`]));
+    await b.release();
+    expect((await readLeases(cacheDir)).holders).toBe(0);
+  });
+
   it('builds that always overlap still end leases: each ends with the last build in it, marking what it held used', async () => {
     const cacheDir = await tmpDir();
     const [a, b, c] = ['aaaaaaaaaaaaaaaa', 'bbbbbbbbbbbbbbbb', 'cccccccccccccccc'];

@@ -157,6 +157,8 @@ export class ContentStore {
     const file = this.blobPath(digest);
     try {
       const st = await lstat(file);
+      // Only a file: hashing would follow a symlink, whose target the stat does not vouch for.
+      if (!st.isFile()) return false;
       await this.verified.ready();
       if (this.verified.known(file, st) === digest) return true;
       if ((await sha256File(file)) !== digest) return false;

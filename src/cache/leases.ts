@@ -84,9 +84,12 @@ export function openLease(cacheDir: string): { release(): Promise<Retouched[]> }
   const build: Build = { leases: new Set() };
   cache.builds.add(build);
   // Made now, not at the first hold: a cache that cannot take a lease file fails the build at its start.
-  const lease = (cache.current ??= new ProcessLease(root));
-  lease.users++;
-  build.leases.add(lease);
+  // A new one enrols every build still running too (one that ended cleared the last), or their
+  // holds would go into a lease that ends with this build.
+  if (cache.current) {
+    cache.current.users++;
+    build.leases.add(cache.current);
+  } else currentLease(root);
   const mine = cache;
   let released = false;
   return {

@@ -62,40 +62,55 @@ const WHOLE_FILE_LIMIT = 256 * 1024;
 
 async function hashContent(absPath: string, st: Stats): Promise<string> {
   const { create64, h64Raw } = await getXXHash();
-  if (st.size <= WHOLE_FILE_LIMIT) return toHex64(h64Raw(readListedFile(absPath, st)));
-  const h = create64();
-  for await (const chunk of createReadStream(absPath, { highWaterMark: WHOLE_FILE_LIMIT })) h.update(chunk as Uint8Array);
-  return toHex64(h.digest());
+  const fd = openListed(absPath, st);
+  try {
+    if (st.size <= WHOLE_FILE_LIMIT) return toHex64(h64Raw(readExactly(fd, absPath, st.size)));
+    // Exactly the listed size, from the file that was checked (a path opened again could be another).
+    const h = create64();
+    for await (const chunk of createReadStream('', { fd, autoClose: false, start: 0, end: st.size - 1, highWaterMark: WHOLE_FILE_LIMIT })) {
+      h.update(chunk as Uint8Array);
+    }
+    if (fstatSync(fd).size !== st.size) throw changedWhileRead(absPath);
+    return toHex64(h.digest());
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /**
- * The bytes of a small file that is still the one listed (`st`): same inode,
- * still a regular file, still that size. One replaced meanwhile (by a fifo, a
- * device, a symlink, a bigger file) fails, naming it, rather than hashing
+ * The listed file (`st`) opened for reading, if it still is that file: same
+ * inode, a regular file, that size. One replaced meanwhile (by a fifo, a
+ * device, a symlink, another file) fails, naming it, rather than hashing
  * something else under the listed stat. O_NOFOLLOW and O_NONBLOCK: opening a
  * swapped-in symlink or fifo neither follows it nor waits for a writer.
  */
-function readListedFile(absPath: string, st: Stats): Buffer {
-  const changed = () => new Error(`${absPath} changed while it was being read; run the build again`);
+function openListed(absPath: string, st: Stats): number {
   let fd: number;
   try {
     fd = openSync(absPath, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw changed();
+    if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw changedWhileRead(absPath);
     throw err;
   }
-  try {
-    const now = fstatSync(fd);
-    if (!now.isFile() || now.ino !== st.ino || now.dev !== st.dev || now.size !== st.size) throw changed();
-    const buf = Buffer.allocUnsafe(st.size);
-    let got = 0;
-    while (got < st.size) {
-      const n = readSync(fd, buf, got, st.size - got, got);
-      if (n === 0) throw changed();
-      got += n;
-    }
-    return buf;
-  } finally {
+  const now = fstatSync(fd);
+  if (!now.isFile() || now.ino !== st.ino || now.dev !== st.dev || now.size !== st.size) {
     closeSync(fd);
+    throw changedWhileRead(absPath);
   }
+  return fd;
+}
+
+function readExactly(fd: number, absPath: string, size: number): Buffer {
+  const buf = Buffer.allocUnsafe(size);
+  let got = 0;
+  while (got < size) {
+    const n = readSync(fd, buf, got, size - got, got);
+    if (n === 0) throw changedWhileRead(absPath);
+    got += n;
+  }
+  return buf;
+}
+
+function changedWhileRead(absPath: string): Error {
+  return new Error(`${absPath} changed while it was being read; run the build again`);
 }

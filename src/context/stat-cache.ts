@@ -108,8 +108,13 @@ export class StatCache {
    * stat. Not so for a "racily clean" file, which a write in the same tick as a
    * read could change unseen.
    */
+  /** On the probe's file system, and that keeps finer than whole seconds. */
+  private fineGrained(st: Stats): boolean {
+    return st.dev === this.probeDev && !this.probeCoarse;
+  }
+
   settled(st: Stats): boolean {
-    const coarse = st.dev !== this.probeDev || this.probeCoarse;
+    const coarse = !this.fineGrained(st);
     return Math.max(st.mtimeMs, st.ctimeMs) < this.since - (coarse ? COARSE_MARGIN_MS : 0);
   }
 
@@ -122,6 +127,8 @@ export class StatCache {
    */
   retouched(files: ReadonlyArray<{ file: string; before: Stats; after: Stats }>): void {
     for (const { file, before, after } of files) {
+      // The new stat must be as telling as a remembered one: a same-tick write after the touch would keep it.
+      if (!this.fineGrained(after)) continue;
       const e = this.entries.get(file);
       if (!e || !matches(e, before)) continue;
       this.entries.set(file, [after.size, after.mtimeMs, after.ctimeMs, after.ino, after.dev, e[5]]);
