@@ -681,6 +681,8 @@ class BuildRun {
    */
   private async buildLayer(plan: CopyPlan, forRun: boolean): Promise<LayerRef | null> {
     if (plan.isEmpty) return null;
+    // The run step above will need its snapshotter (probing overlayfs mounts one): find out while this packs.
+    if (forRun && process.getuid?.() === 0) this.openExecution().catch(() => undefined);
     const entries = plan.treeEntries();
     const packed = packTree(entries, {
       mtime: this.opts.sourceDateEpoch,
