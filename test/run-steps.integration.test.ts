@@ -12,7 +12,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -374,6 +374,47 @@ describe.skipIf(!READY)('run steps', () => {
     const bundle = path.join(work, 'clash-bundle');
     await tool('umoci', ['unpack', '--image', `${out}:clash`, bundle]);
     expect(await readFile(path.join(bundle, 'rootfs/conf/app.conf'), 'utf8')).toBe('from-b\n');
+  });
+
+  it('shows a run step the same tree on a lower written from a copy’s sources as on one unpacked from its blob', async () => {
+    await mkdir(path.join(ctx, 'lowertree', 'sub', 'deep'), { recursive: true });
+    await writeFile(path.join(ctx, 'lowertree', 'a.txt'), 'a\n');
+    await writeFile(path.join(ctx, 'lowertree', 'sub', 'run.sh'), '#!/bin/sh\n', { mode: 0o4755 });
+    await writeFile(path.join(ctx, 'lowertree', 'sub', 'deep', 'empty'), '');
+    await symlink('../a.txt', path.join(ctx, 'lowertree', 'sub', 'link'));
+    await chmod(path.join(ctx, 'lowertree', 'sub', 'run.sh'), 0o4755);
+    await chmod(path.join(ctx, 'lowertree', 'sub', 'deep'), 0o750);
+    // Older than the build, as a checked-out tree is: only then is a lower written from the sources.
+    const hourAgo = new Date(Date.now() - 3_600_000);
+    for (const f of ['a.txt', 'sub/run.sh', 'sub/deep/empty']) await utimes(path.join(ctx, 'lowertree', f), hourAgo, hourAgo);
+    await writeFile(
+      path.join(ctx, 'lower.yaml'),
+      busyboxBuildFile(`  lower:
+    from: base
+    steps:
+      - id: files
+        copy: lowertree/
+        to: /app/
+        chown: "1000:1001"
+      - id: list
+        run: "find /app | sort | while read f; do stat -c '%n %f %u %g %s %Y %h' \\"$f\\"; done > /listing"
+`),
+    );
+    const written = await build('lower.yaml', { cache: path.join(work, 'lower-cache-a'), out: path.join(work, 'lower-out-a') });
+    expect(written.exitCode, written.stderr + written.stdout).toBe(0);
+    const unpacked = await build('lower.yaml', { cache: path.join(work, 'lower-cache-b'), out: path.join(work, 'lower-out-b'), args: ['--snapshotter', 'copy'] });
+    expect(unpacked.exitCode, unpacked.stderr + unpacked.stdout).toBe(0);
+    expect(stepOf(written.report, 'lower', 'list')!.layer).toEqual(stepOf(unpacked.report, 'lower', 'list')!.layer);
+    expect(digests(written.report)).toEqual(digests(unpacked.report));
+    const bundle = path.join(work, 'lower-bundle');
+    await tool('umoci', ['unpack', '--image', `${path.join(work, 'lower-out-a')}:lower`, bundle]);
+    const listing = await readFile(path.join(bundle, 'rootfs/listing'), 'utf8');
+    expect(listing, listing).toMatch(/^\/app\/sub\/run\.sh 89ed 1000 1001 10 0 1$/m); // 0104755: setuid kept; time 0; one link
+    expect(listing, listing).toMatch(/^\/app\/sub\/deep 41e8 1000 1001 /m); // 0750 directory
+    // The written lower is the snapshot the step mounted: it is there, stamped.
+    const layersDir = path.join(work, 'lower-cache-a', 'snapshots', 'layers');
+    const filesLayer = stepOf(written.report, 'lower', 'files')!.layer!.diffId.slice('sha256:'.length);
+    expect(await readdir(layersDir)).toEqual(expect.arrayContaining([filesLayer, `${filesLayer}.stamp`]));
   });
 
   it('builds on two identical layers (a step that rewrites what the one below it wrote)', async () => {
