@@ -107,4 +107,18 @@ describe('Semaphore', () => {
     await expect(sem.run(bad)).rejects.toThrow('sync boom');
     await expect(Promise.race([sem.run(async () => 'free'), sleep(500).then(() => 'stuck')])).resolves.toBe('free');
   });
+
+  it('serves waiters that ask to go first before the others, each kind in the order it came', async () => {
+    const sem = new Semaphore(1);
+    const order: string[] = [];
+    let release!: () => void;
+    const holder = sem.run(() => new Promise<void>((r) => (release = r)));
+    const task = (name: string, first: boolean) => sem.run(async () => void order.push(name), { first });
+    const all = [task('copy-1', false), task('copy-2', false), task('run-1', true), task('copy-3', false), task('run-2', true)];
+    await sleep(5);
+    expect(order).toEqual([]); // the slot is still held
+    release();
+    await Promise.all([holder, ...all]);
+    expect(order).toEqual(['run-1', 'run-2', 'copy-1', 'copy-2', 'copy-3']);
+  });
 });

@@ -398,6 +398,8 @@ class BuildRun {
       const result = await this.reuseOrBuild(image, step, key, material, timing.startMs, async (working) => {
         const below = await lowers;
         const execution = await this.openExecution();
+        // Ahead of copies still waiting: a command is what the rest of its image waits for, and it
+        // mostly waits on its container, so it overlaps with the copies' CPU work instead of following it.
         return this.jobs.run(async () => {
           if (this.stop.signal.aborted) throw new Skipped();
           working();
@@ -415,7 +417,7 @@ class BuildRun {
             },
             { store: this.store, ...execution, sourceDateEpoch: this.opts.sourceDateEpoch },
           );
-        });
+        }, { first: true });
       });
       this.finish({ ...result, startMs: timing.startMs, durationMs: this.now() - timing.startMs, ...(result.status === 'miss' ? { logFile } : {}) });
       return result.layer;
