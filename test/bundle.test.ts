@@ -158,6 +158,21 @@ describe("the bundle's code cache", () => {
     expect((await readdir(path.join(app, 'dist'))).filter((f) => f.endsWith('.tmp'))).toEqual([]);
   });
 
+  it('made by another command is replaced once by a `run` (which compiles far more), then kept', async () => {
+    const app = await install({ nodeModules: true });
+    const dir = await project();
+    await layergraph(app, ['--version']);
+    const byVersion = await stat(cacheOf(app));
+    const run = () => layergraph(app, ['run', 'build.yaml', '--out', 'out', '--cache-dir', 'cache', '--progress', 'quiet'], { cwd: dir });
+    expect((await run()).exitCode).toBe(0);
+    const byRun = await stat(cacheOf(app));
+    expect(byRun.ino).not.toBe(byVersion.ino);
+    expect(byRun.size).toBeGreaterThan(byVersion.size);
+    expect((await run()).exitCode).toBe(0);
+    await layergraph(app, ['--version']);
+    expect((await stat(cacheOf(app))).ino).toBe(byRun.ino);
+  });
+
   it('is replaced when it is damaged or was kept for another bundle', async () => {
     const app = await install();
     const version = `layergraph ${await packageVersion()}\n`;
