@@ -4,7 +4,8 @@
  * (concurrent asks for the same file share one read), and its hash kept.
  */
 import type { Stats } from 'node:fs';
-import { closeSync, constants as fsConstants, createReadStream, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, createReadStream, fstatSync } from 'node:fs';
+import { openSource, readFull, SMALL_FILE_MAX } from '../util/source-read.js';
 import { getXXHash, toHex64 } from '../util/xxhash.js';
 import { StatCache } from './stat-cache.js';
 
@@ -53,21 +54,14 @@ export class ContentHasher implements FileHasher {
   }
 }
 
-/**
- * Files up to this size are read synchronously, in one go: for the small
- * files of a source tree the page cache answers in microseconds, and three
- * trips to the thread pool per file (open, read, close) cost ten times the read.
- */
-const WHOLE_FILE_LIMIT = 256 * 1024;
-
 async function hashContent(absPath: string, st: Stats): Promise<string> {
   const { create64, h64Raw } = await getXXHash();
   const fd = openListed(absPath, st);
   try {
-    if (st.size <= WHOLE_FILE_LIMIT) return toHex64(h64Raw(readExactly(fd, absPath, st.size)));
+    if (st.size <= SMALL_FILE_MAX) return toHex64(h64Raw(readExactly(fd, absPath, st.size)));
     // Exactly the listed size, from the file that was checked (a path opened again could be another).
     const h = create64();
-    for await (const chunk of createReadStream('', { fd, autoClose: false, start: 0, end: st.size - 1, highWaterMark: WHOLE_FILE_LIMIT })) {
+    for await (const chunk of createReadStream('', { fd, autoClose: false, start: 0, end: st.size - 1, highWaterMark: SMALL_FILE_MAX })) {
       h.update(chunk as Uint8Array);
     }
     if (fstatSync(fd).size !== st.size) throw changedWhileRead(absPath);
@@ -81,13 +75,12 @@ async function hashContent(absPath: string, st: Stats): Promise<string> {
  * The listed file (`st`) opened for reading, if it still is that file: same
  * inode, a regular file, that size. One replaced meanwhile (by a fifo, a
  * device, a symlink, another file) fails, naming it, rather than hashing
- * something else under the listed stat. O_NOFOLLOW and O_NONBLOCK: opening a
- * swapped-in symlink or fifo neither follows it nor waits for a writer.
+ * something else under the listed stat.
  */
 function openListed(absPath: string, st: Stats): number {
   let fd: number;
   try {
-    fd = openSync(absPath, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+    fd = openSource(absPath);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw changedWhileRead(absPath);
     throw err;
@@ -102,12 +95,7 @@ function openListed(absPath: string, st: Stats): number {
 
 function readExactly(fd: number, absPath: string, size: number): Buffer {
   const buf = Buffer.allocUnsafe(size);
-  let got = 0;
-  while (got < size) {
-    const n = readSync(fd, buf, got, size - got, got);
-    if (n === 0) throw changedWhileRead(absPath);
-    got += n;
-  }
+  if (readFull(fd, buf) !== size) throw changedWhileRead(absPath);
   return buf;
 }
 

@@ -5,12 +5,13 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import type fs from 'node:fs';
-import { closeSync, constants as fsConstants, openSync, readSync } from 'node:fs';
+import { closeSync, constants as fsConstants } from 'node:fs';
 import { lstat, open, readdir, readlink } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline, Transform, type Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { parallelGzip } from './parallel-gzip.js';
+import { openSource, readFull, SMALL_FILE_MAX } from '../util/source-read.js';
 import { encodePaxRecords, newPaxMarker, PaxMarkerPatcher, SCHILY_XATTR } from './pax-xattrs.js';
 
 export interface PackOptions {
@@ -453,28 +454,15 @@ class EntryQueue {
 
 const QUEUE_BYTES = 8 * 1024 * 1024;
 
-/** Files up to this size are read whole, synchronously; larger ones are streamed. */
-const SMALL_FILE_MAX = 256 * 1024;
-
 /**
- * The bytes of a small file, read synchronously: for trees of small files
- * the page cache answers in microseconds, and three trips to the thread pool
- * per file (open, read, close) cost many times the read itself. Exactly
- * `size` bytes, the size in the header: a file that grew is cut (the caller
- * re-checks its sources), one that shrank fails.
+ * The bytes of a small file: exactly `size` bytes, the size in the header.
+ * A file that grew is cut (the caller re-checks its sources), one that shrank fails.
  */
 function readSmall(abs: string, size: number): Buffer {
-  // O_NOFOLLOW: if the file was swapped for a symlink since the walk, fail rather than pack what it points at.
-  // O_NONBLOCK: if it was swapped for a fifo, fail rather than wait for a writer.
-  const fd = openSync(abs, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+  const fd = openSource(abs);
   try {
     const buf = Buffer.allocUnsafe(size);
-    let got = 0;
-    while (got < size) {
-      const n = readSync(fd, buf, got, size - got, got);
-      if (n === 0) break;
-      got += n;
-    }
+    const got = readFull(fd, buf);
     if (got !== size) throw new Error(`${abs}: changed size while it was packed (${size} bytes expected, ${got} read)`);
     return buf;
   } finally {

@@ -21,13 +21,13 @@ import {
   lutimesSync,
   mkdirSync,
   openSync,
-  readSync,
   symlinkSync,
   utimesSync,
   writeSync,
 } from 'node:fs';
 import path from 'node:path';
 import type { TreeEntry } from '../oci/layer-pack.js';
+import { openSource, readFull, SMALL_FILE_MAX } from '../util/source-read.js';
 
 export interface TreeMeta {
   mode: number;
@@ -46,7 +46,7 @@ export function writeTree(entries: readonly TreeEntry[], dest: string, meta: (re
   // Parents sort before their children.
   const sorted = [...entries].sort((a, b) => (a.rel < b.rel ? -1 : a.rel > b.rel ? 1 : 0));
   const dirs: TreeEntry[] = [];
-  const buf = Buffer.allocUnsafe(COPY_CHUNK);
+  const buf = Buffer.allocUnsafe(SMALL_FILE_MAX);
   for (const e of sorted) {
     const host = path.join(dest, e.rel);
     const m = meta(e.rel);
@@ -79,18 +79,14 @@ export function writeTree(entries: readonly TreeEntry[], dest: string, meta: (re
   }
 }
 
-const COPY_CHUNK = 256 * 1024;
-
 function copyExactly(src: string, size: number, out: number, buf: Buffer): void {
-  // O_NOFOLLOW: a source swapped for a symlink since it was listed fails rather than copying what it points at.
-  // O_NONBLOCK: one swapped for a fifo fails rather than waiting for a writer.
-  const fd = openSync(src, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+  const fd = openSource(src);
   try {
-    let done = 0;
-    while (done < size) {
-      const n = readSync(fd, buf, 0, Math.min(buf.length, size - done), done);
-      if (n === 0) throw new Error(`${src}: changed size while it was copied (${size} bytes expected, ${done} read)`);
-      writeAll(out, buf.subarray(0, n));
+    for (let done = 0; done < size; ) {
+      const chunk = buf.subarray(0, Math.min(buf.length, size - done));
+      const n = readFull(fd, chunk, done);
+      if (n < chunk.length) throw new Error(`${src}: changed size while it was copied (${size} bytes expected, ${done + n} read)`);
+      writeAll(out, chunk);
       done += n;
     }
   } finally {
