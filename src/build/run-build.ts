@@ -30,7 +30,7 @@ import { layerDirs, type BaseImage } from '../oci/base-image.js';
 import type { RuntimeConfig } from '../oci/image-config.js';
 import { CopyDestinationError, mergeDirs, planCopy, type CopyPlan, type DirMeta } from '../exec/copy-step.js';
 import { destinationIssue, validateSources } from './validate-sources.js';
-import { buildGraph, imagesFor, nodeId } from '../graph/build-graph.js';
+import { buildGraph, imagesFor, nodeId, stepsBelow } from '../graph/build-graph.js';
 import { packTree, type TreeEntry } from '../oci/layer-pack.js';
 import type { ArchiveKind } from '../oci/archive.js';
 import { assembleImages, type BuiltImage } from './assemble.js';
@@ -446,16 +446,7 @@ class BuildRun {
   /** The layers a `run` step mounts, bottom first: its base image's, then those of every step it sits on, in layer order. */
   private async lowersOf(image: ImageSpec, step: RunStep): Promise<LayerRef[]> {
     const base = image.from.kind === 'image' ? await this.imageLayers(image.from.image) : image.from.kind === 'base' ? (await this.external(image)).image.layers : [];
-    const under = new Set<string>();
-    const visit = (id: string): void => {
-      for (const need of image.steps.find((s) => s.id === id)?.needs ?? []) {
-        if (!under.has(need)) {
-          under.add(need);
-          visit(need);
-        }
-      }
-    };
-    visit(step.id);
+    const under = stepsBelow(image, step.id);
     const own = this.layerOrder.get(image.name)!.filter((s) => under.has(s.id));
     const layers = await Promise.all(own.map((s) => this.task(image.name, s.id).layer));
     return [...base, ...layers.filter((l): l is LayerRef => l !== null)];
@@ -683,8 +674,10 @@ class BuildRun {
    */
   private async buildLayer(plan: CopyPlan, forRun: boolean): Promise<LayerRef | null> {
     if (plan.isEmpty) return null;
-    // The run step above will need its snapshotter (probing overlayfs mounts one): find out while this packs.
-    if (forRun && process.getuid?.() === 0) this.openExecution().catch(() => undefined);
+    // Only root mounts lowers. The run step above will need its snapshotter (probing overlayfs mounts
+    // one): find out while this packs.
+    const lowerWanted = forRun && process.getuid?.() === 0;
+    if (lowerWanted) this.openExecution().catch(() => undefined);
     const entries = plan.treeEntries();
     const packed = packTree(entries, {
       mtime: this.opts.sourceDateEpoch,
@@ -693,7 +686,7 @@ class BuildRun {
     });
     const blob = await this.store.ingest(packed.stream);
     const layer = { digest: blob.digest, size: blob.size, diffId: await packed.diffId };
-    const lower = forRun ? await this.writeLower(entries, plan) : undefined;
+    const lower = lowerWanted ? await this.writeLower(entries, plan) : undefined;
     try {
       // Before the layer is recorded under a key that was computed from the files' earlier content
       // (and the lower kept: it was read from the same files).
@@ -708,15 +701,14 @@ class BuildRun {
 
   /**
    * The copy's layer as an overlay lower, for the `run` step above it, or undefined
-   * (the run step then unpacks the blob, as it would anyway): where run steps cannot
-   * mount (not root, the copy snapshotter); when a source might have changed unseen
+   * (the run step then unpacks the blob, as it would anyway): with the copy snapshotter,
+   * which mounts nothing; when a source might have changed unseen
    * since the packer read it (racily clean: the stat re-check could not tell, and the
    * lower must be the blob's content); when the files are big enough that copying
    * them synchronously would stall the build; and when writing it failed for any
    * reason but a full disk.
    */
   private async writeLower(entries: TreeEntry[], plan: CopyPlan): Promise<string | undefined> {
-    if (process.getuid?.() !== 0 || this.opts.snapshotter === 'copy') return undefined;
     let bytes = 0;
     for (const e of entries) {
       if (e.kind !== 'file') continue;
@@ -913,17 +905,10 @@ const LOWER_MAX_BYTES = 64 * 1024 * 1024;
 function stepsUnderRuns(images: readonly ImageSpec[]): Set<string> {
   const out = new Set<string>();
   for (const image of images) {
-    const byId = new Map(image.steps.map((s) => [s.id, s]));
-    const seen = new Set<string>();
-    const visit = (id: string): void => {
-      for (const need of byId.get(id)?.needs ?? []) {
-        if (seen.has(need)) continue;
-        seen.add(need);
-        if (byId.get(need)?.kind === 'copy') out.add(`${image.name}\0${need}`);
-        visit(need);
-      }
-    };
-    for (const s of image.steps) if (s.kind === 'run') visit(s.id);
+    const kinds = new Map(image.steps.map((s) => [s.id, s.kind]));
+    for (const run of image.steps.filter((s) => s.kind === 'run')) {
+      for (const id of stepsBelow(image, run.id)) if (kinds.get(id) === 'copy') out.add(`${image.name}\0${id}`);
+    }
   }
   return out;
 }

@@ -93,6 +93,21 @@ export function sinks(image: ImageSpec): StepSpec[] {
   return image.steps.filter((s) => !needed.has(s.id));
 }
 
+/** The ids of every step `stepId` sits on in its image: its needs, theirs, and so on. */
+export function stepsBelow(image: ImageSpec, stepId: string): Set<string> {
+  const byId = new Map(image.steps.map((s) => [s.id, s]));
+  const below = new Set<string>();
+  const visit = (id: string): void => {
+    for (const need of byId.get(id)?.needs ?? []) {
+      if (below.has(need)) continue;
+      below.add(need);
+      visit(need);
+    }
+  };
+  visit(stepId);
+  return below;
+}
+
 /** Kahn's algorithm, always taking the ready step declared first. */
 function orderLayers(image: ImageSpec): StepSpec[] {
   const remaining = new Map(image.steps.map((s) => [s.id, new Set(s.needs)]));
