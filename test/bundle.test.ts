@@ -10,7 +10,7 @@ import { chmod, cp, readFile, readdir, rm, stat, symlink, utimes, writeFile } fr
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { REPO, type CliResult } from './helpers/cli.js';
+import { outputOf, REPO, type CliResult } from './helpers/cli.js';
 import { makeTree, useTmpDirs } from './helpers/tmp.js';
 import { hasTool } from './helpers/tools.js';
 
@@ -50,15 +50,8 @@ async function project(buildYaml = BUILD): Promise<string> {
 function layergraph(app: string, args: string[], opts: { cwd?: string; asUser?: number } = {}): Promise<CliResult> {
   const argv = [process.execPath, path.join(app, 'bin', 'layergraph.js'), ...args];
   const [cmd, ...rest] = opts.asUser === undefined ? argv : ['setpriv', `--reuid=${opts.asUser}`, `--regid=${opts.asUser}`, '--clear-groups', '--', ...argv];
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd!, rest, { cwd: opts.cwd ?? app, env: { ...process.env, LAYERGRAPH_FAULT_AT: '' } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ stdout, stderr, exitCode: code ?? -1 }));
-  });
+  const child = spawn(cmd!, rest, { cwd: opts.cwd ?? app, env: { ...process.env, LAYERGRAPH_FAULT_AT: '' } });
+  return outputOf(child).then(({ stdout, stderr, code }) => ({ stdout, stderr, exitCode: code ?? -1 }));
 }
 
 async function packageVersion(): Promise<string> {

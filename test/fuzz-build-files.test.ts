@@ -25,7 +25,7 @@ import { structureIssues, tagIssues } from '../src/config/yaml-issues.js';
 import { ConfigError, formatIssue } from '../src/errors.js';
 import { buildGraph } from '../src/graph/build-graph.js';
 import { baseFiles, mutant, type Mutant } from './helpers/build-file-mutations.js';
-import { REPO, runCli } from './helpers/cli.js';
+import { outputOf, REPO, runCli } from './helpers/cli.js';
 import { useTmpDirs } from './helpers/tmp.js';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 0x6c67f022);
@@ -321,15 +321,12 @@ function cliProblem(res: { stdout: string; stderr: string; exitCode: number }, d
 
 /** `layergraph validate` as a real process, killed if it hangs. */
 function validateInChild(file: string, cwd: string): Promise<{ stdout: string; stderr: string; exitCode: number }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(REPO, 'bin', 'layergraph.js'), 'validate', file], { cwd, timeout: 60_000 });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code, signal) => resolve({ stdout, stderr: signal ? `killed by ${signal} (a hang)\n${stderr}` : stderr, exitCode: code ?? -1 }));
-  });
+  const child = spawn(process.execPath, [path.join(REPO, 'bin', 'layergraph.js'), 'validate', file], { cwd, timeout: 60_000 });
+  return outputOf(child).then(({ stdout, stderr, code, signal }) => ({
+    stdout,
+    stderr: signal ? `killed by ${signal} (a hang)\n${stderr}` : stderr,
+    exitCode: code ?? -1,
+  }));
 }
 
 /** Fail with every failing case: seed, index, edits, and where its input was kept. */

@@ -28,6 +28,7 @@ import { runCli, type CliResult } from './helpers/cli.js';
 import { DEFAULT_CAPS } from '../src/exec/oci-spec.js';
 import { CAP_NUMBERS } from '../src/exec/pivot-exec.js';
 import { hasTool, tool } from './helpers/tools.js';
+import { mountsUnder } from './helpers/mounts.js';
 
 const execFileP = promisify(execFile);
 
@@ -369,13 +370,3 @@ function externalAddress(): string | undefined {
   return undefined;
 }
 
-/** Mount points at or below `dir`, as this process sees them. */
-async function mountsUnder(dir: string): Promise<string[]> {
-  const info = await readFile('/proc/self/mountinfo', 'utf8');
-  return info
-    .split('\n')
-    .map((line) => line.split(' ')[4])
-    .filter((p): p is string => !!p)
-    .map((p) => p.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
-    .filter((p) => p === dir || p.startsWith(`${dir}/`));
-}

@@ -20,6 +20,7 @@ import { busyboxBuildFile, busyboxContext, hasStaticBusybox } from './helpers/bu
 import { REPO, runCli } from './helpers/cli.js';
 import { runImage } from './helpers/runc.js';
 import { hasTool, tool } from './helpers/tools.js';
+import { mountsUnder } from './helpers/mounts.js';
 
 const ROOT = process.getuid?.() === 0;
 // Tools are only asked about where the tests can run at all (hasTool fails under CI=true).
@@ -147,17 +148,6 @@ const digests = (r: Report | undefined): Record<string, string> => Object.fromEn
 const layers = (r: Report | undefined): Record<string, string | null> =>
   Object.fromEntries((r?.steps ?? []).map((s) => [`${s.image}/${s.id}`, s.layer?.digest ?? null]));
 const stepOf = (r: Report | undefined, image: string, id: string) => r?.steps.find((s) => s.image === image && s.id === id);
-
-/** Mount points at or below `dir`, as this process sees them. */
-async function mountsUnder(dir: string): Promise<string[]> {
-  const info = await readFile('/proc/self/mountinfo', 'utf8');
-  return info
-    .split('\n')
-    .map((line) => line.split(' ')[4])
-    .filter((p): p is string => !!p)
-    .map((p) => p.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
-    .filter((p) => p === dir || p.startsWith(`${dir}/`));
-}
 
 /** The entries of a layer blob of `layout`, as tar lists them. */
 async function layerEntries(layout: string, digest: string): Promise<string[]> {

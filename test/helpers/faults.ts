@@ -11,7 +11,7 @@ import { createReadStream } from 'node:fs';
 import { lstat, readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { treeStamp } from '../../src/snapshot/tree-stamp.js';
-import { REPO } from './cli.js';
+import { outputOf, REPO } from './cli.js';
 
 export interface SpawnResult {
   exitCode: number | null;
@@ -24,21 +24,17 @@ export interface SpawnResult {
 
 /** `layergraph <args>` as a child process of its own (no shell in between, so a signal ends it, not a wrapper). */
 export function spawnLayergraph(args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; onStderr?: (all: string, pid: number) => void } = {}): Promise<SpawnResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(REPO, 'bin', 'layergraph.js'), ...args], {
-      cwd: opts.cwd ?? process.cwd(),
-      env: { ...process.env, LAYERGRAPH_FAULT_AT: '', ...opts.env },
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => {
-      stderr += d.toString();
-      opts.onStderr?.(stderr, child.pid!);
-    });
-    child.on('error', reject);
-    child.on('close', (exitCode, signal) => resolve({ exitCode, signal, pid: child.pid!, stdout, stderr }));
+  const child = spawn(process.execPath, [path.join(REPO, 'bin', 'layergraph.js'), ...args], {
+    cwd: opts.cwd ?? process.cwd(),
+    env: { ...process.env, LAYERGRAPH_FAULT_AT: '', ...opts.env },
   });
+  return outputOf(child, (all) => opts.onStderr?.(all, child.pid!)).then(({ stdout, stderr, code, signal }) => ({
+    exitCode: code,
+    signal,
+    pid: child.pid!,
+    stdout,
+    stderr,
+  }));
 }
 
 /** Every manifest of an OCI layout's index.json, as `ref → digest`. */
