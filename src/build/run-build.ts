@@ -200,7 +200,7 @@ class BuildRun {
     this.images = imagesFor(spec, opts.targets);
     this.underRuns = stepsUnderRuns(this.images);
     this.stats = StatCache.in(opts.cacheDir, (what) => this.warn(`cache: ${what}`));
-    this.blobStats = StatCache.forBlobs(opts.cacheDir, (what) => this.warn(`cache: ${what}`));
+    this.blobStats = StatCache.forBlobs(opts.cacheDir, (what) => this.warn(`cache: ${what}`), this.stats);
     this.store = new ContentStore(opts.cacheDir, this.blobStats);
     this.records = new StepRecords(opts.cacheDir, (file, what) => this.warn(`cache: ${file} is damaged (${what}); not used`));
     this.hasher = new ContentHasher(this.stats);

@@ -47,6 +47,7 @@ export class StatCache {
   private probeDev = -1;
   /** The probe's file system keeps whole seconds (or the probe landed on one: then only a margin too many). */
   private probeCoarse = true;
+  private readonly probe: Probe | undefined;
   /** Paths this run looked up or hashed: always kept. */
   private readonly used = new Set<string>();
 
@@ -54,7 +55,11 @@ export class StatCache {
     private readonly file: string | undefined,
     /** Told when the file is there but damaged (it is then an empty cache: every input is read again). */
     private readonly onDamage: (what: string) => void = () => undefined,
-  ) {}
+    /** Another cache's probe, written in the same directory by the same run (default: its own). */
+    probe?: Probe,
+  ) {
+    this.probe = file ? (probe ?? new Probe(`${file}.probe`, path.join(path.dirname(file), 'ingest'))) : undefined;
+  }
 
   /** A cache that keeps nothing between runs (no cache directory, or one that must stay untouched). */
   static none(): StatCache {
@@ -70,8 +75,8 @@ export class StatCache {
    * from the input files: each build marks the blobs it used, which changes
    * their stats, so this file is rewritten by every build and is kept small.
    */
-  static forBlobs(cacheDir: string, onDamage?: (what: string) => void): StatCache {
-    return new StatCache(path.join(cacheDir, BLOB_STATS_FILE), onDamage);
+  static forBlobs(cacheDir: string, onDamage?: (what: string) => void, sharingProbeWith?: StatCache): StatCache {
+    return new StatCache(path.join(cacheDir, BLOB_STATS_FILE), onDamage, sharingProbeWith?.probe);
   }
 
   async lookup(absPath: string, st: Stats): Promise<string | undefined> {
@@ -156,16 +161,11 @@ export class StatCache {
   private load(): Promise<void> {
     this.loaded ??= (async () => {
       if (!this.file) return;
-      try {
-        const probe = `${this.file}.probe`;
-        await writeFileAtomic(probe, '', this.staging());
-        const st = await stat(probe);
-        this.since = st.mtimeMs;
-        this.probeDev = st.dev;
-        this.probeCoarse = st.mtimeMs % 1000 === 0;
-      } catch {
-        return; // no probe (a read-only cache): nothing is vouched for, nothing kept
-      }
+      const st = await this.probe!.take();
+      if (!st) return; // no probe (a read-only cache): nothing is vouched for, nothing kept
+      this.since = st.mtimeMs;
+      this.probeDev = st.dev;
+      this.probeCoarse = st.mtimeMs % 1000 === 0;
       const damaged = (why: string) => this.onDamage(`${this.file} ${why}; every input file is read again`);
       const data = await readJsonIfPresent<StatCacheFile>(this.file, () => damaged('is not valid JSON')).catch(() => undefined);
       if (data === undefined) return;
@@ -180,6 +180,30 @@ export class StatCache {
   /** The cache's staging directory (ingest/, swept after a crash), on the same file system as the file. */
   private staging(): string {
     return path.join(path.dirname(this.file!), 'ingest');
+  }
+}
+
+/**
+ * The file system's "now", taken once: a file written before the first
+ * lookup, and its stat. Two caches of one run in one directory share it (an
+ * earlier probe only makes the racily-clean rule stricter).
+ */
+class Probe {
+  private taken: Promise<Stats | undefined> | undefined;
+
+  constructor(
+    private readonly file: string,
+    /** Where the write is staged (the cache's ingest/, swept after a crash). */
+    private readonly staging: string,
+  ) {}
+
+  /** The probe's stat, or undefined when it cannot be written (a read-only cache). */
+  take(): Promise<Stats | undefined> {
+    this.taken ??= writeFileAtomic(this.file, '', this.staging).then(
+      () => stat(this.file),
+      () => undefined,
+    );
+    return this.taken.catch(() => undefined);
   }
 }
 
